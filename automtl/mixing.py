@@ -1,0 +1,314 @@
+"""Supermodel modules that mix weights, not outputs (DESIGN §4).
+
+A convolution is linear in its weight, so a task's gated mixture of the shared, specific and
+skip branches is ONE convolution with the mixed weight ``g_sh*W_sh + g_sp*W_sp[t] + g_sk*K[t]``,
+where the skip ``K`` is a centre tap: a delta (identity) or a 1x1 projection (stride as the
+op). A search step therefore costs about one backbone step per task, whatever the mode.
+
+Values are *shared* ``(N, ...)`` (computed once for all tasks) or *stacked* ``(T*N, ...)``,
+task-major. Every module here takes ``(x, gates, shared_input)``; ``gates`` is ``(T, V, 3)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .compiler.ir import Node
+from .compiler.ops import _pair
+
+BATCHING = ("dense", "grouped")
+
+
+def _empty_like_param(shape: tuple[int, ...]) -> nn.Parameter:
+    return nn.Parameter(torch.empty(shape))
+
+
+class MixedOp(nn.Module):
+    """A searchable ``conv2d`` or ``linear`` with shared / specific / skip branches per task."""
+
+    def __init__(self, node: Node, in_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        a = node.attrs
+        self.kind = a["base_kind"]
+        self.index, self.tasks, self.skip = a["index"], a["tasks"], a["skip"]
+        self.n_branches = len(a["branches"])
+        if self.kind == "conv2d":
+            k = _pair(a["kernel_size"])
+            self.stride, self.padding = _pair(a["stride"]), _pair(a["padding"])
+            self.dilation, self.groups = _pair(a["dilation"]), a["groups"]
+            shape: tuple[int, ...] = (a["out_channels"], a["in_channels"] // a["groups"], *k)
+            has_bias = a["bias"]
+        else:
+            shape = (a["out_features"], a["in_features"])
+            has_bias = a["bias"]
+            self.groups = 1
+        self.weight_shape = shape
+        # Big tensors are allocated, not initialised: `materialize` fills them on first use,
+        # and the specific copies exist only once `fill_specific` is called after warm-up.
+        src = node.tensors
+        self.weight = nn.Parameter(src["weight"].detach() if "weight" in src else torch.empty(shape))
+        self.bias = None
+        if has_bias:
+            self.bias = nn.Parameter(src["bias"].detach() if "bias" in src else torch.empty(shape[0]))
+        self.specific_weight = nn.Parameter(torch.empty(0))
+        self.specific_bias = nn.Parameter(torch.empty(0)) if has_bias else None
+        self.projection = None
+        if self.skip == "projection":
+            self.projection = _empty_like_param((self.tasks, shape[0], shape[1]))
+        if self.skip == "identity":
+            delta = torch.zeros(shape)
+            centre = tuple((s - 1) // 2 for s in shape[2:])
+            per_group = shape[1]
+            for o in range(shape[0]):
+                delta[(o, o % per_group, *centre)] = 1.0
+            self.register_buffer("delta", delta.reshape(1, -1), persistent=False)
+        self.register_buffer("filled", torch.tensor(False))
+        self._owns_weight = "weight" not in src
+        self._initialised = False
+        self.batching = "dense"
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def materialize(self) -> None:
+        """Initialise what build only allocated; copy weights that came from the source model."""
+        if self._initialised:
+            return
+        fan_in = math.prod(self.weight_shape[1:])
+        if self._owns_weight:
+            nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+            if self.bias is not None:
+                bound = 1 / math.sqrt(fan_in)
+                nn.init.uniform_(self.bias, -bound, bound)
+        else:  # do not train the user's own tensors in place
+            self.weight.data = self.weight.data.clone()
+            if self.bias is not None:
+                self.bias.data = self.bias.data.clone()
+        if self.projection is not None:
+            bound = 1 / math.sqrt(self.weight_shape[1])
+            nn.init.uniform_(self.projection, -bound, bound)
+        self._initialised = True
+
+    @torch.no_grad()
+    def fill_specific(self) -> None:
+        """Give every task its own copy of the shared weight (the end of warm-up)."""
+        self.materialize()
+        T = self.tasks
+        self.specific_weight.data = self.weight.detach().unsqueeze(0).repeat(T, *([1] * self.weight.dim()))
+        if self.bias is not None:
+            self.specific_bias.data = self.bias.detach().unsqueeze(0).repeat(T, 1)
+        self.filled.fill_(True)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        for name in ("specific_weight", "specific_bias"):
+            value = state_dict.get(prefix + name)
+            param = getattr(self, name)
+            if value is not None and param is not None and value.shape != param.shape:
+                param.data = torch.empty_like(value)
+        self._initialised = True
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    # --- weights --------------------------------------------------------------------------------
+    def skip_kernel(self) -> torch.Tensor:
+        """The skip branch as a (1 or T, numel) kernel: a delta, or a projection at the centre."""
+        if self.skip == "identity":
+            return self.delta
+        assert self.projection is not None
+        p = self.projection
+        if self.kind == "conv2d":
+            kh, kw = self.weight_shape[2:]
+            p = F.pad(p.unsqueeze(-1).unsqueeze(-1), ((kw - 1) // 2, (kw - 1) // 2, (kh - 1) // 2, (kh - 1) // 2))
+        return p.reshape(self.tasks, -1)
+
+    def mixed(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-task weight ``(T, *W.shape)`` and bias ``(T, out)`` for branch weights ``g (T, B)``."""
+        T = self.tasks
+        flat = self.weight.reshape(1, -1)
+        if bool(self.filled):
+            w = torch.addcmul(g[:, 0:1] * flat, g[:, 1:2], self.specific_weight.reshape(T, -1))
+        else:  # before warm-up ends, the specific branch reads the shared weight
+            w = (g[:, 0:1] + g[:, 1:2]) * flat
+        if self.skip is not None:
+            w = torch.addcmul(w, g[:, 2:3], self.skip_kernel())
+        b = None
+        if self.bias is not None:
+            if bool(self.filled):
+                b = torch.addcmul(g[:, 0:1] * self.bias.unsqueeze(0), g[:, 1:2], self.specific_bias)
+            else:
+                b = (g[:, 0:1] + g[:, 1:2]) * self.bias.unsqueeze(0)
+        return w.view(T, *self.weight_shape), b
+
+    # --- forward --------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, gates: torch.Tensor, shared_input: bool) -> torch.Tensor:
+        if not self._initialised:
+            self.materialize()
+        T = self.tasks
+        w, b = self.mixed(gates[:, self.index, : self.n_branches])
+        if self.kind == "linear":
+            return self._linear(x, w, b, shared_input)
+        conv = dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
+        if shared_input:  # one call: all tasks' kernels stacked along the output channels
+            y = F.conv2d(x, w.flatten(0, 1), None if b is None else b.flatten(), groups=self.groups, **conv)
+            n, _, h, wd = y.shape
+            return y.view(n, T, -1, h, wd).transpose(0, 1).reshape(T * n, -1, h, wd)
+        if self.batching == "grouped":
+            n = x.shape[0] // T
+            xg = x.view(T, n, *x.shape[1:]).transpose(0, 1).reshape(n, -1, *x.shape[2:])
+            y = F.conv2d(xg, w.flatten(0, 1), None if b is None else b.flatten(), groups=T * self.groups, **conv)
+            return y.view(n, T, -1, *y.shape[2:]).transpose(0, 1).reshape(T * n, -1, *y.shape[2:])
+        xs = x.chunk(T)
+        return torch.cat(
+            [F.conv2d(xs[t], w[t], None if b is None else b[t], groups=self.groups, **conv) for t in range(T)]
+        )
+
+    def _linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, shared_input: bool) -> torch.Tensor:
+        T = self.tasks
+        if shared_input:
+            y = F.linear(x, w.flatten(0, 1), None if b is None else b.flatten())
+            y = y.view(*x.shape[:-1], T, -1).movedim(-2, 0)
+            return y.reshape(T * x.shape[0], *y.shape[2:])
+        xt = x.reshape(T, -1, x.shape[-1])
+        y = torch.bmm(xt, w.transpose(1, 2))
+        if b is not None:
+            y = y + b.unsqueeze(1)
+        return y.reshape(*x.shape[:-1], -1)
+
+    def extra_repr(self) -> str:
+        return f"{self.kind}, shape={self.weight_shape}, tasks={self.tasks}, skip={self.skip}, choice={self.index}"
+
+
+class TaskBatchNorm(nn.Module):
+    """Batch norm whose statistics are per task, with per-branch (or per-task) parameters.
+
+    ``branches`` is ``("shared",)`` (one set, statistics still per task), ``("specific",)``
+    (one set per task, ``bn="specific"``) or the branches of the choice it follows
+    (``bn="follow"``), mixed by that choice's gates. In training every task is normalised by
+    its own batch statistics; running statistics of each branch are updated from the tasks
+    that use it, in proportion to their (detached) gate.
+    """
+
+    def __init__(self, node: Node, in_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        a = node.attrs
+        self.tasks, self.branches, self.gate = a["tasks"], tuple(a["branches"]), a["gate"]
+        self.eps, self.momentum = a.get("eps", 1e-5), a.get("momentum", 0.1)
+        self.affine = a.get("affine", True)
+        C = a["num_features"]
+        src = node.tensors
+
+        def init(key: str, default: float, per_task: bool) -> torch.Tensor:
+            v = src[key].detach().float() if key in src else torch.full((C,), default)
+            return v.unsqueeze(0).repeat(self.tasks, 1) if per_task else v.clone()
+
+        for b in self.branches:
+            per_task = b != "shared"
+            pre = "" if b == "shared" else f"{b}_"
+            if self.affine:
+                self.register_parameter(f"{pre}weight", nn.Parameter(init("weight", 1.0, per_task)))
+                self.register_parameter(f"{pre}bias", nn.Parameter(init("bias", 0.0, per_task)))
+            self.register_buffer(f"{pre}running_mean", init("running_mean", 0.0, per_task))
+            self.register_buffer(f"{pre}running_var", init("running_var", 1.0, per_task))
+
+    def _bank(self, b: str, what: str) -> torch.Tensor:
+        return getattr(self, what if b == "shared" else f"{b}_{what}")
+
+    def _mix(self, g: torch.Tensor, what: str) -> torch.Tensor:
+        """Per-task ``(T, C)`` mixture of one parameter or buffer over the branches."""
+        out = None
+        for i, b in enumerate(self.branches):
+            v = self._bank(b, what)
+            term = g[:, i : i + 1] * (v.unsqueeze(0) if v.dim() == 1 else v)
+            out = term if out is None else out + term
+        return out
+
+    def _gates(self, gates: torch.Tensor) -> torch.Tensor:
+        if self.gate is None:
+            return gates.new_ones(self.tasks, 1)
+        return gates[:, self.gate, : len(self.branches)]
+
+    def forward(self, x: torch.Tensor, gates: torch.Tensor, shared_input: bool) -> torch.Tensor:
+        T, C = self.tasks, x.shape[1]
+        single_shared = self.branches == ("shared",)
+        g = self._gates(gates)
+        ones = x.new_ones(T, C)
+        weight = self._mix(g, "weight") if self.affine else ones
+        bias = self._mix(g, "bias") if self.affine else torch.zeros_like(ones)
+        n = x.shape[0] if shared_input else x.shape[0] // T
+        groups = 1 if shared_input else T
+        xv = x.reshape(groups, n, C, -1)
+        if self.training:
+            with torch.no_grad():
+                var, mean = torch.var_mean(xv, dim=(1, 3), unbiased=False)
+                count = n * xv.shape[3]
+                self._update(g, mean.expand(T, C), (var * count / max(count - 1, 1)).expand(T, C))
+            if single_shared and shared_input:
+                return F.batch_norm(x, None, None, weight[0], bias[0], True, 0.0, self.eps)
+            if shared_input:  # the same statistics for every task: normalise once
+                xhat = F.batch_norm(x, None, None, None, None, True, 0.0, self.eps)
+                y = torch.addcmul(bias.view(T, 1, C, 1), xhat.reshape(1, n, C, -1), weight.view(T, 1, C, 1))
+                return y.reshape(T * n, *x.shape[1:])
+            xs = x.chunk(T)
+            return torch.cat([F.batch_norm(xs[t], None, None, weight[t], bias[t], True, 0.0, self.eps)
+                              for t in range(T)])
+        # evaluation: one affine map per task from each branch's running statistics
+        scale = None
+        shift = None
+        for i, b in enumerate(self.branches):
+            rm, rv = self._bank(b, "running_mean"), self._bank(b, "running_var")
+            w = self._bank(b, "weight") if self.affine else torch.ones_like(rm)
+            bb = self._bank(b, "bias") if self.affine else torch.zeros_like(rm)
+            s = w * torch.rsqrt(rv + self.eps)
+            sh = bb - rm * s
+            s, sh = (s.expand(T, C), sh.expand(T, C)) if s.dim() == 1 else (s, sh)
+            gi = g[:, i : i + 1]
+            scale = gi * s if scale is None else scale + gi * s
+            shift = gi * sh if shift is None else shift + gi * sh
+        if single_shared and shared_input:
+            return x * scale[0].view(1, C, *([1] * (x.dim() - 2))) + shift[0].view(1, C, *([1] * (x.dim() - 2)))
+        y = torch.addcmul(shift.view(T, 1, C, 1), xv, scale.view(T, 1, C, 1))
+        return y.reshape(T * n, *x.shape[1:])
+
+    @torch.no_grad()
+    def _update(self, g: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> None:
+        m = self.momentum
+        w = g.detach()
+        for i, b in enumerate(self.branches):
+            wi = w[:, i]
+            rm, rv = self._bank(b, "running_mean"), self._bank(b, "running_var")
+            if b == "shared":
+                total = float(wi.sum())
+                if total <= 0:
+                    continue
+                mu = (wi[:, None] * mean).sum(0) / total
+                vr = (wi[:, None] * var).sum(0) / total
+                rate = m * min(total, 1.0)
+                rm.lerp_(mu, rate)
+                rv.lerp_(vr, rate)
+            else:
+                rate = (m * wi)[:, None]
+                rm.add_(rate * (mean - rm))
+                rv.add_(rate * (var - rv))
+
+    @torch.no_grad()
+    def fill_specific(self) -> None:
+        """Copy the shared parameters and statistics into the per-task ``specific`` bank."""
+        if "shared" not in self.branches or "specific" not in self.branches:
+            return
+        for what in ("weight", "bias", "running_mean", "running_var"):
+            if what in ("weight", "bias") and not self.affine:
+                continue
+            self._bank("specific", what).copy_(self._bank("shared", what).unsqueeze(0).expand(self.tasks, -1))
+
+    def extra_repr(self) -> str:
+        return f"branches={self.branches}, tasks={self.tasks}, follows={self.gate}"
+
+
+def build_module(node: Node, shapes: list[Any]) -> nn.Module:
+    """Codegen's module factory for the ``mtl_*`` kinds."""
+    if node.kind == "mtl_batch_norm":
+        return TaskBatchNorm(node, shapes[0])
+    return MixedOp(node, shapes[0])

@@ -1,0 +1,300 @@
+"""The multi-task supermodel: ``automtl.build(backbone, tasks)``.
+
+``build`` compiles the backbone, rewrites every searchable operator into a choice
+(:mod:`automtl.compiler.mtl`), and emits the trunk with the one codegen. Per-task policy logits
+live in :class:`Policy`, apart from the weights, so two optimisers can own them.
+"""
+
+from __future__ import annotations
+
+import keyword
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from .architecture import Architecture, digest
+from .compiler.codegen import attr_name, codegen
+from .compiler.errors import CompileError
+from .compiler.ir import Graph
+from .compiler.mtl import BRANCHES, Choice, MTLOptions, rewrite
+from .compiler.passes import cut
+from .mixing import BATCHING, MixedOp, TaskBatchNorm
+
+MODES = ("soft", "hard", "fixed", "warmup")
+
+
+class Policy(nn.Module):
+    """Per-task logits over each choice node's branches, and the gates they give per mode."""
+
+    def __init__(self, tasks: int, choices: list[Choice]) -> None:
+        super().__init__()
+        V = max(len(choices), 1)
+        self.logits = nn.Parameter(torch.zeros(tasks, V, len(BRANCHES)))
+        mask = torch.zeros(V, len(BRANCHES), dtype=torch.bool)
+        for c in choices:
+            mask[c.index, : len(c.branches)] = True
+        if not choices:
+            mask[0, 0] = True
+        self.register_buffer("mask", mask, persistent=False)
+
+    def probabilities(self) -> torch.Tensor:
+        """Softmax of the logits over the available branches, ``(T, V, 3)``."""
+        return F.softmax(self.logits.masked_fill(~self.mask, float("-inf")), dim=-1)
+
+    def gates(
+        self, mode: str, tau: float = 1.0, fixed: torch.Tensor | None = None, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Branch weights ``(T, V, 3)`` for ``mode`` (see :data:`MODES`)."""
+        if mode == "warmup":
+            return (self.mask / self.mask.sum(-1, keepdim=True)).expand_as(self.logits)
+        if mode == "fixed":
+            if fixed is None:
+                raise ValueError("mode='fixed' needs an architecture")
+            return F.one_hot(fixed, len(BRANCHES)).to(self.logits.dtype)
+        if mode not in ("soft", "hard"):
+            raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+        if noise is None:
+            u = torch.rand_like(self.logits).clamp_(1e-10, 1 - 1e-7)
+            noise = -torch.log(-torch.log(u))
+        soft = F.softmax(((self.logits + noise) / tau).masked_fill(~self.mask, float("-inf")), dim=-1)
+        if mode == "soft":
+            return soft
+        hard = F.one_hot(soft.argmax(-1), len(BRANCHES)).to(soft.dtype)
+        return hard - soft.detach() + soft  # straight-through: forward one-hot, gradient of soft
+
+
+def _check_tasks(tasks: Mapping[str, nn.Module]) -> list[str]:
+    if not isinstance(tasks, Mapping) or not tasks:
+        raise ValueError("tasks must be a non-empty mapping of task name -> head module")
+    names = list(tasks)
+    for name in names:
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+            raise ValueError(f"task name {name!r} is not a Python identifier; use letters, digits and '_'")
+        if not isinstance(tasks[name], nn.Module):
+            raise ValueError(f"the head of task {name!r} must be an nn.Module, not {type(tasks[name]).__name__}")
+    return names
+
+
+class SuperModel(nn.Module):
+    """A backbone rewritten into per-task choices, with one head per task.
+
+    ``model(x)`` runs one input through all tasks; ``model({task: x_t})`` runs one input per
+    task (multi-domain, equal batch sizes). Both return ``{task: output}``.
+    """
+
+    def __init__(
+        self, graph: Graph, heads: Mapping[str, nn.Module], options: MTLOptions, batching: str = "dense"
+    ) -> None:
+        super().__init__()
+        self.task_names = _check_tasks(heads)
+        if len(graph.outputs) != 1:
+            raise CompileError(
+                f"the backbone {graph.name!r} has {len(graph.outputs)} outputs {graph.outputs}; "
+                "heads need one", hint="pass trunk_output=<operator name> to build()",
+            )
+        self.graph = graph
+        self.options = options
+        self.backbone_digest = digest(graph)
+        self.mtl_graph, self.choices = rewrite(graph, self.task_names, options)
+        self.trunk = codegen(self.mtl_graph, class_name="Trunk")
+        self._multi_domain: fx.GraphModule | None = None
+        self.heads = nn.ModuleDict(dict(heads))
+        self.policy = Policy(len(self.task_names), self.choices)
+        self.set_batching(batching)
+        self.output_stacked = self.mtl_graph.stacked[graph.outputs[0]]
+
+    # --- parameters -----------------------------------------------------------------------------
+    def policy_parameters(self) -> list[nn.Parameter]:
+        """The architecture logits (for the policy optimiser)."""
+        return [self.policy.logits]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        """Every parameter but the logits (for the weight optimiser)."""
+        skip = {id(self.policy.logits)}
+        return [p for p in self.parameters() if id(p) not in skip]
+
+    def mixed_modules(self) -> list[MixedOp]:
+        return [m for m in self.trunk.modules() if isinstance(m, MixedOp)]
+
+    def materialize(self) -> SuperModel:
+        """Initialise every weight build only allocated (done on first forward otherwise)."""
+        for m in self.mixed_modules():
+            m.materialize()
+        return self
+
+    def fill_specific(self) -> SuperModel:
+        """Copy the shared weights into every task's specific branch (the end of warm-up)."""
+        for m in self.trunk.modules():
+            if isinstance(m, (MixedOp, TaskBatchNorm)):
+                m.fill_specific()
+        return self
+
+    def set_batching(self, batching: str) -> None:
+        """How per-task convolutions run on stacked values: T ``dense`` calls or one ``grouped``."""
+        if batching not in BATCHING:
+            raise ValueError(f"batching must be one of {BATCHING}, not {batching!r}")
+        self.batching = batching
+        for m in self.mixed_modules():
+            m.batching = batching
+
+    # --- forward --------------------------------------------------------------------------------
+    def forward(
+        self,
+        x: torch.Tensor | Mapping[str, torch.Tensor],
+        mode: str = "soft",
+        tau: float = 1.0,
+        architecture: Architecture | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        T = len(self.task_names)
+        fixed = self.architecture_tensor(architecture) if architecture is not None else None
+        gates = self.policy.gates(mode, tau, fixed, noise)
+        if isinstance(x, Mapping):
+            feats = self._multi_domain_trunk()(self._stack(x), gates)
+            stacked = True
+        else:
+            feats = self.trunk(x, gates)
+            stacked = self.output_stacked
+        parts = feats.chunk(T) if stacked else [feats] * T
+        return {t: self.heads[t](parts[i]) for i, t in enumerate(self.task_names)}
+
+    def _stack(self, xs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        missing = [t for t in self.task_names if t not in xs]
+        extra = [t for t in xs if t not in self.task_names]
+        if missing or extra:
+            raise ValueError(
+                f"multi-domain input must have one batch per task {self.task_names}; "
+                f"missing {missing}, unknown {extra}"
+            )
+        shapes = {t: tuple(xs[t].shape) for t in self.task_names}
+        if len(set(shapes.values())) != 1:
+            raise ValueError(f"every task's batch must have the same shape; got {shapes}")
+        return torch.cat([xs[t] for t in self.task_names])
+
+    def _multi_domain_trunk(self) -> fx.GraphModule:
+        """The trunk for per-task inputs: the same modules, every value stacked."""
+        if self._multi_domain is None:
+            graph, _ = rewrite(self.graph, self.task_names, self.options, multi_domain=True)
+            names: set[str] = set()
+            lookup = {n.name: attr_name(n.name, names) for n in graph}
+            gm = codegen(graph, lambda node, shapes: self.trunk.get_submodule(lookup[node.name]), "Trunk")
+            object.__setattr__(self, "_multi_domain", gm)  # not a submodule: it holds no new state
+        return self._multi_domain
+
+    # --- architectures --------------------------------------------------------------------------
+    def architecture_tensor(self, arch: Architecture) -> torch.Tensor:
+        """Branch index per task per choice node, ``(T, V)`` long."""
+        arch.check(self)
+        idx = torch.zeros(len(self.task_names), max(len(self.choices), 1), dtype=torch.long)
+        for c in self.choices:
+            for t, task in enumerate(self.task_names):
+                idx[t, c.index] = BRANCHES.index(arch.choices[c.node][task])
+        return idx
+
+    def architecture(self, sample: bool = False, generator: torch.Generator | None = None) -> Architecture:
+        """The architecture of the current policy: argmax of the logits, or one sample."""
+        with torch.no_grad():
+            probs = self.policy.probabilities()
+            if sample:
+                flat = probs.reshape(-1, probs.shape[-1])
+                pick = torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+            else:
+                pick = probs.argmax(-1)
+        return self.architecture_from_indices(pick)
+
+    def architecture_from_indices(self, pick: torch.Tensor) -> Architecture:
+        choices = {
+            c.node: {t: BRANCHES[int(pick[i, c.index])] for i, t in enumerate(self.task_names)} for c in self.choices
+        }
+        return Architecture(self.backbone_digest, list(self.task_names), self.options.to_dict(), choices)
+
+    def uniform_architecture(self, branch: str) -> Architecture:
+        """Every task takes ``branch`` at every choice node (where it is offered, else shared)."""
+        choices = {
+            c.node: {t: branch if branch in c.branches else "shared" for t in self.task_names} for c in self.choices
+        }
+        return Architecture(self.backbone_digest, list(self.task_names), self.options.to_dict(), choices)
+
+    def derive(self, architecture: Architecture) -> Any:
+        """The compact multi-task model for ``architecture`` (see :mod:`automtl.derive`)."""
+        from .derive import derive
+
+        return derive(self, architecture)
+
+
+def build(
+    backbone: Any,
+    tasks: Mapping[str, nn.Module],
+    *,
+    input_shape: Any = None,
+    trunk_output: str | None = None,
+    searchable: tuple[str, ...] | list[str] = ("conv2d",),
+    bn: str = "specific",
+    skip: bool = True,
+    batching: str = "dense",
+    check_heads: bool = True,
+    **compile_options: Any,
+) -> SuperModel:
+    """Build the multi-task supermodel of ``backbone`` for ``tasks`` (name -> head module).
+
+    ``backbone`` is anything :func:`automtl.compile` takes, or a compiled :class:`Graph`.
+    ``trunk_output`` names the operator the heads read (``"layer4"`` takes the output of that
+    submodule); by default the backbone's single output. ``searchable`` lists the operator
+    kinds that become choices; ``bn`` is ``"specific"`` (a BN per task) or ``"follow"`` (BN
+    shares as its producer does, so shared computation stays shared).
+    """
+    from .api import compile as compile_backbone
+
+    names = _check_tasks(tasks)
+    options = MTLOptions(tuple(searchable), bn, skip)
+    graph = backbone if isinstance(backbone, Graph) else compile_backbone(backbone, input_shape, **compile_options)
+    if trunk_output is not None:
+        graph = cut(_copy_graph(graph), _resolve(graph, trunk_output))
+    model = SuperModel(graph, tasks, options, batching)
+    if check_heads:
+        _check_heads(model, names)
+    return model
+
+
+def _copy_graph(graph: Graph) -> Graph:
+    out = Graph(graph.name, file=graph.file)
+    import copy
+
+    for node in graph:
+        new = copy.copy(node)
+        new.inputs = list(node.inputs)
+        out.add(new)
+    out.outputs = list(graph.outputs)
+    return out
+
+
+def _resolve(graph: Graph, name: str) -> str:
+    """An operator name, or a submodule path whose last operator is meant."""
+    if name in graph:
+        return name
+    inside = [n.name for n in graph if n.name.startswith(name + ".")]
+    return inside[-1] if inside else name
+
+
+def _check_heads(model: SuperModel, names: list[str]) -> None:
+    """Run every head once on a dummy trunk output and name the one that does not fit."""
+    shape = model.graph[model.graph.outputs[0]].shape
+    dummy = torch.zeros((2, *shape[1:]))
+    for name in names:
+        head = model.heads[name]
+        was = head.training
+        head.eval()
+        try:
+            with torch.no_grad():
+                head(dummy)
+        except Exception as exc:  # noqa: BLE001 - any failure means the head does not fit
+            raise ValueError(
+                f"the head of task {name!r} does not accept the trunk output of shape {list(shape)} "
+                f"(batch shown as 2): {type(exc).__name__}: {exc}"
+            ) from None
+        finally:
+            head.train(was)

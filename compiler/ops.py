@@ -1,0 +1,705 @@
+"""The one registry of operator kinds.
+
+Each :class:`OpKind` says, in one place, how its output shape follows from its inputs, what it
+costs (learnable parameters and FLOPs; a multiply-add counts as 2 FLOPs), whether the
+multi-task rewrite may search over it, and how codegen emits it (a ``torch.nn`` module or a
+function). Frontends map their own spellings onto these kinds; adding a kind is one entry here.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import CompileError
+from .ir import Node, Shape
+
+
+class ShapeError(CompileError):
+    """An operator's inputs do not fit it, or its output would be empty."""
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(int(x) for x in v)
+    return (v[0], v[0]) if len(v) == 1 else (v[0], v[1])
+
+
+def numel(shape: Shape) -> int:
+    return math.prod(shape) if shape else 1
+
+
+@dataclass(frozen=True)
+class OpKind:
+    """Everything the compiler knows about one kind of operator."""
+
+    name: str
+    infer: Callable[[Node, list[Shape]], Shape]
+    arity: tuple[int, int | None] = (1, 1)
+    params: Callable[[Node, list[Shape]], int] = lambda node, shapes: 0
+    flops: Callable[[Node, list[Shape], Shape], int] = lambda node, shapes, out: 0
+    module: Callable[[Node, list[Shape]], nn.Module] | None = None
+    function: Callable[..., Any] | None = None
+    kwargs: Callable[[Node], dict[str, Any]] = lambda node: {}
+    list_input: bool = False
+    searchable: bool = False
+    elementwise: bool = False
+    weights: tuple[str, ...] = field(default_factory=tuple)
+    call: Callable[[Node, list[Any]], tuple[Callable[..., Any], tuple[Any, ...]]] | None = None
+    module_args: Callable[[Node], tuple[Any, ...]] = lambda node: ()
+    loads_tensors: bool = False  # the module builder takes Node.tensors itself
+
+    def emit(self, node: Node, inputs: list[Any]) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        """The function, positional args and keyword args codegen calls for ``node``."""
+        if self.call is not None:
+            fn, args = self.call(node, inputs)
+        else:
+            fn, args = self.function, ((list(inputs),) if self.list_input else tuple(inputs))
+        return fn, args, self.kwargs(node)
+
+
+REGISTRY: dict[str, OpKind] = {}
+
+
+def register(kind: OpKind) -> OpKind:
+    if kind.name in REGISTRY:
+        raise ValueError(f"operator kind {kind.name!r} is registered twice")
+    REGISTRY[kind.name] = kind
+    return kind
+
+
+def get(name: str) -> OpKind:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown operator kind {name!r}; known: {sorted(REGISTRY)}") from None
+
+
+def _fail(node: Node, msg: str, hint: str | None = None) -> ShapeError:
+    return ShapeError(msg, node.where(), hint)
+
+
+def _need_rank(node: Node, shape: Shape, rank: int | tuple[int, ...], what: str = "input") -> None:
+    ranks = (rank,) if isinstance(rank, int) else rank
+    if not isinstance(shape, tuple) or len(shape) not in ranks:
+        want = " or ".join(f"{r}-d" for r in ranks)
+        raise _fail(node, f"expects a {want} {what}, got shape {shape}")
+
+
+def _channels(node: Node, shape: Shape, expected: int, attr: str) -> None:
+    if shape[1] != expected:
+        raise _fail(
+            node,
+            f"expects {expected} input channels ({attr}) but its input has {shape[1]} (shape {list(shape)})",
+        )
+
+
+def _spatial(node: Node, size: int, k: int, s: int, p: int, d: int, ceil: bool = False) -> int:
+    eff = d * (k - 1) + 1
+    span = size + 2 * p - eff
+    out = (-(-span // s) if ceil else span // s) + 1  # ceil mode may start a last, partial window
+    if ceil and (out - 1) * s >= size + p:
+        out -= 1  # the last window must start inside the input (torch; Caffe checks this only when p > 0)
+    if out <= 0:
+        raise _fail(
+            node,
+            f"output would be empty: input size {size} with kernel {k}, dilation {d}, padding {p}",
+            "use a larger input shape",
+        )
+    return out
+
+
+# --- inputs and structural kinds ---------------------------------------------------------------
+def _infer_input(node: Node, shapes: list[Shape]) -> Shape:
+    shape = tuple(int(d) for d in node.attrs["shape"])
+    if any(d <= 0 for d in shape):
+        raise _fail(node, f"input shape {list(shape)} has a non-positive dimension")
+    return shape
+
+
+register(OpKind("input", _infer_input, arity=(0, 0)))
+def identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+register(OpKind("identity", lambda n, s: s[0], function=identity))
+
+
+# --- convolution and linear --------------------------------------------------------------------
+def _conv_dims(node: Node) -> tuple[tuple[int, int], ...]:
+    a = node.attrs
+    return _pair(a["kernel_size"]), _pair(a["stride"]), _pair(a["padding"]), _pair(a["dilation"])
+
+
+def _infer_conv(node: Node, shapes: list[Shape]) -> Shape:
+    (x,) = shapes
+    _need_rank(node, x, 4)
+    a = node.attrs
+    _channels(node, x, a["in_channels"], "in_channels")
+    if a["in_channels"] % a["groups"] or a["out_channels"] % a["groups"]:
+        raise _fail(node, f"channels {a['in_channels']}->{a['out_channels']} not divisible by groups {a['groups']}")
+    k, s, p, d = _conv_dims(node)
+    return (x[0], a["out_channels"], *(_spatial(node, x[i + 2], k[i], s[i], p[i], d[i]) for i in range(2)))
+
+
+def _conv_params(node: Node, shapes: list[Shape]) -> int:
+    a = node.attrs
+    k = _pair(a["kernel_size"])
+    return a["out_channels"] * (a["in_channels"] // a["groups"]) * k[0] * k[1] + (a["out_channels"] if a["bias"] else 0)
+
+
+def _conv_flops(node: Node, shapes: list[Shape], out: Shape) -> int:
+    a = node.attrs
+    k = _pair(a["kernel_size"])
+    return 2 * numel(out) * (a["in_channels"] // a["groups"]) * k[0] * k[1]
+
+
+def _build_conv(node: Node, shapes: list[Shape]) -> nn.Module:
+    a = node.attrs
+    k, s, p, d = _conv_dims(node)
+    return nn.Conv2d(a["in_channels"], a["out_channels"], k, s, p, d, a["groups"], a["bias"])
+
+
+register(
+    OpKind(
+        "conv2d", _infer_conv, params=_conv_params, flops=_conv_flops, module=_build_conv,
+        searchable=True, weights=("weight", "bias"),
+    )
+)
+
+
+def _infer_deconv(node: Node, shapes: list[Shape]) -> Shape:
+    (x,) = shapes
+    _need_rank(node, x, 4)
+    a = node.attrs
+    _channels(node, x, a["in_channels"], "in_channels")
+    k, s, p, d = _conv_dims(node)
+    op = _pair(a.get("output_padding", 0))
+    out = tuple((x[i + 2] - 1) * s[i] - 2 * p[i] + d[i] * (k[i] - 1) + op[i] + 1 for i in range(2))
+    if min(out) <= 0:
+        raise _fail(node, f"output would be empty: spatial size {out}")
+    return (x[0], a["out_channels"], *out)
+
+
+def _deconv_params(node: Node, shapes: list[Shape]) -> int:
+    a = node.attrs
+    k = _pair(a["kernel_size"])
+    return a["in_channels"] * (a["out_channels"] // a["groups"]) * k[0] * k[1] + (a["out_channels"] if a["bias"] else 0)
+
+
+def _deconv_flops(node: Node, shapes: list[Shape], out: Shape) -> int:
+    a = node.attrs
+    k = _pair(a["kernel_size"])
+    return 2 * numel(shapes[0]) * (a["out_channels"] // a["groups"]) * k[0] * k[1]
+
+
+def _build_deconv(node: Node, shapes: list[Shape]) -> nn.Module:
+    a = node.attrs
+    k, s, p, d = _conv_dims(node)
+    return nn.ConvTranspose2d(
+        a["in_channels"], a["out_channels"], k, s, p, _pair(a.get("output_padding", 0)), a["groups"], a["bias"], d
+    )
+
+
+register(
+    OpKind(
+        "conv_transpose2d", _infer_deconv, params=_deconv_params, flops=_deconv_flops, module=_build_deconv,
+        weights=("weight", "bias"),
+    )
+)
+
+
+def _infer_linear(node: Node, shapes: list[Shape]) -> Shape:
+    (x,) = shapes
+    a = node.attrs
+    if len(x) < 2 or x[-1] != a["in_features"]:
+        raise _fail(node, f"expects {a['in_features']} input features but its input has shape {list(x)}")
+    return (*x[:-1], a["out_features"])
+
+
+register(
+    OpKind(
+        "linear", _infer_linear,
+        params=lambda n, s: (n.attrs["in_features"] + bool(n.attrs["bias"])) * n.attrs["out_features"],
+        flops=lambda n, s, o: 2 * numel(o) * n.attrs["in_features"],
+        module=lambda n, s: nn.Linear(n.attrs["in_features"], n.attrs["out_features"], n.attrs["bias"]),
+        weights=("weight", "bias"),
+    )
+)
+
+
+# --- normalisation -----------------------------------------------------------------------------
+def _infer_channelwise(node: Node, shapes: list[Shape]) -> Shape:
+    (x,) = shapes
+    _need_rank(node, x, (2, 3, 4))
+    _channels(node, x, node.attrs["num_features"], "num_features")
+    return x
+
+
+def _build_bn(node: Node, shapes: list[Shape]) -> nn.Module:
+    a = node.attrs
+    cls = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d}[len(shapes[0])]
+    return cls(a["num_features"], eps=a.get("eps", 1e-5), momentum=a.get("momentum", 0.1), affine=a.get("affine", True))
+
+
+register(
+    OpKind(
+        "batch_norm", _infer_channelwise,
+        params=lambda n, s: 2 * n.attrs["num_features"] if n.attrs.get("affine", True) else 0,
+        flops=lambda n, s, o: 2 * numel(o),
+        module=_build_bn,
+        weights=("weight", "bias", "running_mean", "running_var"),
+    )
+)
+
+
+class ChannelAffine(nn.Module):
+    """``y = x * weight[c] + bias[c]`` per channel (a Caffe ``Scale`` not folded into a batch norm)."""
+
+    def __init__(self, num_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        y = x * self.weight.view(view)
+        return y + self.bias.view(view) if self.bias is not None else y
+
+
+register(
+    OpKind(
+        "scale", _infer_channelwise,
+        params=lambda n, s: n.attrs["num_features"] * (2 if n.attrs.get("bias", True) else 1),
+        flops=lambda n, s, o: 2 * numel(o),
+        module=lambda n, s: ChannelAffine(n.attrs["num_features"], n.attrs.get("bias", True)),
+        weights=("weight", "bias"),
+    )
+)
+
+register(
+    OpKind(
+        "lrn", lambda n, s: s[0],
+        flops=lambda n, s, o: numel(o) * (n.attrs["size"] + 3),
+        module=lambda n, s: nn.LocalResponseNorm(n.attrs["size"], n.attrs["alpha"], n.attrs["beta"], n.attrs["k"]),
+    )
+)
+
+
+# --- activations -------------------------------------------------------------------------------
+def _same(node: Node, shapes: list[Shape]) -> Shape:
+    return shapes[0]
+
+
+def _unary(name: str, fn: Callable[..., Any], kwargs: Callable[[Node], dict[str, Any]] | None = None) -> None:
+    register(
+        OpKind(
+            name, _same, flops=lambda n, s, o: numel(o), function=fn, kwargs=kwargs or (lambda n: {}),
+            elementwise=True,
+        )
+    )
+
+
+_unary("relu", F.relu)
+_unary("relu6", F.relu6)
+_unary("leaky_relu", F.leaky_relu, lambda n: {"negative_slope": n.attrs["negative_slope"]})
+_unary("clip", torch.clamp, lambda n: {"min": n.attrs.get("min"), "max": n.attrs.get("max")})
+_unary("sigmoid", torch.sigmoid)
+_unary("tanh", torch.tanh)
+_unary("hardswish", F.hardswish)
+_unary("hardsigmoid", F.hardsigmoid)
+_unary("silu", F.silu)
+_unary("gelu", F.gelu)
+_unary("elu", F.elu, lambda n: {"alpha": n.attrs.get("alpha", 1.0)})
+_unary("softmax", F.softmax, lambda n: {"dim": n.attrs["dim"]})
+_unary("log_softmax", F.log_softmax, lambda n: {"dim": n.attrs["dim"]})
+
+register(
+    OpKind(
+        "prelu", _same,
+        params=lambda n, s: n.attrs["num_parameters"],
+        flops=lambda n, s, o: 2 * numel(o),
+        module=lambda n, s: nn.PReLU(n.attrs["num_parameters"]),
+        weights=("weight",),
+    )
+)
+register(OpKind("dropout", _same, module=lambda n, s: nn.Dropout(n.attrs.get("p", 0.5))))
+
+
+# --- pooling -----------------------------------------------------------------------------------
+def _infer_pool(node: Node, shapes: list[Shape]) -> Shape:
+    (x,) = shapes
+    _need_rank(node, x, 4)
+    a = node.attrs
+    k, s, p = _pair(a["kernel_size"]), _pair(a["stride"]), _pair(a["padding"])
+    d = _pair(a.get("dilation", 1))
+    for i in range(2):
+        if p[i] * 2 > k[i]:
+            raise _fail(node, f"padding {p[i]} is more than half the kernel {k[i]}", "lower pad")
+    ceil = a.get("ceil_mode", False)
+    return (x[0], x[1], *(_spatial(node, x[i + 2], k[i], s[i], p[i], d[i], ceil) for i in range(2)))
+
+
+def _pool_flops(node: Node, shapes: list[Shape], out: Shape) -> int:
+    k = _pair(node.attrs["kernel_size"])
+    return numel(out) * k[0] * k[1]
+
+
+def _pool_kwargs(node: Node) -> dict[str, Any]:
+    a = node.attrs
+    kw = {
+        "kernel_size": _pair(a["kernel_size"]), "stride": _pair(a["stride"]), "padding": _pair(a["padding"]),
+        "ceil_mode": a.get("ceil_mode", False),
+    }
+    if node.kind == "max_pool2d":
+        kw["dilation"] = _pair(a.get("dilation", 1))
+    else:
+        kw["count_include_pad"] = a.get("count_include_pad", True)
+    return kw
+
+
+register(OpKind("max_pool2d", _infer_pool, flops=_pool_flops, function=F.max_pool2d, kwargs=_pool_kwargs))
+register(OpKind("avg_pool2d", _infer_pool, flops=_pool_flops, function=F.avg_pool2d, kwargs=_pool_kwargs))
+
+
+def _infer_adaptive(node: Node, shapes: list[Shape]) -> Shape:
+    (x,) = shapes
+    _need_rank(node, x, 4)
+    return (x[0], x[1], *_pair(node.attrs["output_size"]))
+
+
+for _name, _fn in (("adaptive_avg_pool2d", F.adaptive_avg_pool2d), ("adaptive_max_pool2d", F.adaptive_max_pool2d)):
+    register(
+        OpKind(
+            _name, _infer_adaptive, flops=lambda n, s, o: numel(s[0]), function=_fn,
+            kwargs=lambda n: {"output_size": _pair(n.attrs["output_size"])},
+        )
+    )
+
+
+def _infer_mean(node: Node, shapes: list[Shape]) -> Shape:
+    (x,) = shapes
+    dims = sorted(d % len(x) for d in node.attrs["dim"])
+    if 0 in dims:
+        raise _fail(node, "reducing over the batch dimension is not supported")
+    if node.attrs.get("keepdim", False):
+        return tuple(1 if i in dims else s for i, s in enumerate(x))
+    return tuple(s for i, s in enumerate(x) if i not in dims)
+
+
+register(
+    OpKind(
+        "mean", _infer_mean, flops=lambda n, s, o: numel(s[0]), function=torch.mean,
+        kwargs=lambda n: {"dim": tuple(n.attrs["dim"]), "keepdim": n.attrs.get("keepdim", False)},
+    )
+)
+
+
+# --- element-wise over several inputs ----------------------------------------------------------
+def _infer_broadcast(node: Node, shapes: list[Shape]) -> Shape:
+    try:
+        return tuple(torch.broadcast_shapes(*shapes))
+    except RuntimeError:
+        raise _fail(
+            node, f"input shapes {[list(s) for s in shapes]} do not match", "every input must have the same shape"
+        ) from None
+
+
+def scaled_sum(*xs: torch.Tensor, coeffs: Sequence[float]) -> torch.Tensor:
+    """``sum(c * x)``: Caffe's Eltwise SUM with coefficients."""
+    out = xs[0] * coeffs[0]
+    for c, x in zip(coeffs[1:], xs[1:], strict=True):
+        out = out + x * c
+    return out
+
+
+def _nary(fn2: Callable[[Any, Any], Any]) -> Callable[..., Any]:
+    def apply(*xs: Any) -> Any:
+        out = xs[0]
+        for x in xs[1:]:
+            out = fn2(out, x)
+        return out
+
+    apply.__name__ = f"{fn2.__name__}_n"
+    apply.__qualname__ = apply.__name__
+    return apply
+
+
+add_n = _nary(operator.add)
+mul_n = _nary(operator.mul)
+maximum_n = _nary(torch.maximum)
+
+
+def _elementwise(name: str, fn: Callable[..., Any], n_ary: Callable[..., Any] | None) -> None:
+    def call(node: Node, ins: list[Any]) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        if "scalar" in node.attrs:
+            c = node.attrs["scalar"]
+            return fn, ((c, ins[0]) if node.attrs.get("scalar_first") else (ins[0], c))
+        return (fn if len(ins) <= 2 else n_ary), tuple(ins)
+
+    register(
+        OpKind(
+            name, _infer_broadcast, arity=(1, None) if n_ary else (1, 2),
+            flops=lambda n, s, o: numel(o) * max(1, len(s) - 1 + ("scalar" in n.attrs)),
+            function=fn, elementwise=True, call=call,
+        )
+    )
+
+
+# Binary and scalar forms are emitted as plain ``operator`` calls so generated code reads `a + b`.
+_elementwise("add", operator.add, add_n)
+_elementwise("mul", operator.mul, mul_n)
+_elementwise("maximum", torch.maximum, maximum_n)
+_elementwise("sub", operator.sub, None)
+_elementwise("div", operator.truediv, None)
+
+register(
+    OpKind(
+        "scaled_sum", _infer_broadcast, arity=(1, None), flops=lambda n, s, o: 2 * numel(o) * len(s),
+        function=scaled_sum, kwargs=lambda n: {"coeffs": tuple(n.attrs["coeffs"])}, elementwise=True,
+    )
+)
+
+
+def _infer_concat(node: Node, shapes: list[Shape]) -> Shape:
+    rank = len(shapes[0])
+    dim = node.attrs["dim"] % rank
+    if dim == 0:
+        raise _fail(node, "concatenation along the batch dimension is not supported")
+    for s in shapes[1:]:
+        if len(s) != rank or any(s[i] != shapes[0][i] for i in range(rank) if i != dim):
+            raise _fail(
+                node,
+                f"inputs {[list(x) for x in shapes]} differ outside the concatenation axis {dim}",
+                "every input must match except along the axis",
+            )
+    return (*shapes[0][:dim], sum(s[dim] for s in shapes), *shapes[0][dim + 1 :])
+
+
+register(
+    OpKind(
+        "concat", _infer_concat, arity=(1, None), function=torch.cat, list_input=True,
+        kwargs=lambda n: {"dim": n.attrs["dim"]},
+    )
+)
+
+
+# --- reshaping ---------------------------------------------------------------------------------
+def _infer_flatten(node: Node, shapes: list[Shape]) -> Shape:
+    (x,) = shapes
+    start = node.attrs.get("start_dim", 1) % len(x)
+    end = node.attrs.get("end_dim", -1) % len(x)
+    if start == 0:
+        raise _fail(node, "flattening the batch dimension is not supported")
+    return (*x[:start], numel(x[start : end + 1]), *x[end + 1 :])
+
+
+register(
+    OpKind(
+        "flatten", _infer_flatten, function=torch.flatten,
+        kwargs=lambda n: {"start_dim": n.attrs.get("start_dim", 1), "end_dim": n.attrs.get("end_dim", -1)},
+    )
+)
+
+
+def reshape_keep_batch(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Reshape every sample to ``shape``, keeping the batch dimension as it is."""
+    return x.reshape(x.shape[0], *shape)
+
+
+def _infer_reshape(node: Node, shapes: list[Shape]) -> Shape:
+    (x,) = shapes
+    shape = list(node.attrs["shape"])
+    total = numel(x[1:])
+    known = numel([d for d in shape if d != -1])
+    if shape.count(-1) > 1 or (shape.count(-1) == 1 and total % known) or (-1 not in shape and known != total):
+        raise _fail(node, f"cannot reshape a sample of shape {list(x[1:])} to {shape}")
+    return (x[0], *(total // known if d == -1 else d for d in shape))
+
+
+register(
+    OpKind("reshape", _infer_reshape, function=reshape_keep_batch, kwargs=lambda n: {"shape": tuple(n.attrs["shape"])})
+)
+
+
+def _infer_narrow(node: Node, shapes: list[Shape]) -> Shape:
+    (x,) = shapes
+    a = node.attrs
+    dim = a["dim"] % len(x)
+    if dim == 0 or a["start"] < 0 or a["length"] <= 0 or a["start"] + a["length"] > x[dim]:
+        raise _fail(node, f"slice [{a['start']}, {a['start'] + a['length']}) of axis {dim} is outside shape {list(x)}")
+    return (*x[:dim], a["length"], *x[dim + 1 :])
+
+
+register(
+    OpKind(
+        "narrow", _infer_narrow, function=torch.narrow,
+        kwargs=lambda n: {"dim": n.attrs["dim"], "start": n.attrs["start"], "length": n.attrs["length"]},
+    )
+)
+
+
+def crop_like(x: torch.Tensor, ref: torch.Tensor, axis: int, offsets: Sequence[int]) -> torch.Tensor:
+    """Caffe ``Crop``: cut ``x`` to ``ref``'s size on every axis from ``axis`` on, at ``offsets``."""
+    for i, dim in enumerate(range(axis, x.dim())):
+        x = x.narrow(dim, offsets[i], ref.shape[dim])
+    return x
+
+
+def _infer_crop(node: Node, shapes: list[Shape]) -> Shape:
+    x, ref = shapes
+    axis, offsets = node.attrs["axis"] % len(x), node.attrs["offsets"]
+    if axis == 0:
+        raise _fail(node, "cropping the batch dimension is not supported")
+    out = list(x)
+    for i, dim in enumerate(range(axis, len(x))):
+        if offsets[i] + ref[dim] > x[dim]:
+            raise _fail(node, f"crop of {ref[dim]} at offset {offsets[i]} exceeds axis {dim} of size {x[dim]}")
+        out[dim] = ref[dim]
+    return tuple(out)
+
+
+register(
+    OpKind(
+        "crop", _infer_crop, arity=(2, 2), function=crop_like,
+        kwargs=lambda n: {"axis": n.attrs["axis"], "offsets": tuple(n.attrs["offsets"])},
+    )
+)
+
+
+def _infer_interpolate(node: Node, shapes: list[Shape]) -> Shape:
+    (x,) = shapes
+    _need_rank(node, x, 4)
+    a = node.attrs
+    if a.get("size") is not None:
+        return (x[0], x[1], *_pair(a["size"]))
+    sf = a["scale_factor"]
+    sf = (sf, sf) if isinstance(sf, (int, float)) else tuple(sf)
+    return (x[0], x[1], *(int(math.floor(x[i + 2] * sf[i])) for i in range(2)))
+
+
+def _interp_kwargs(node: Node) -> dict[str, Any]:
+    a = node.attrs
+    kw: dict[str, Any] = {"mode": a.get("mode", "nearest")}
+    if a.get("size") is not None:
+        kw["size"] = _pair(a["size"])
+    else:
+        kw["scale_factor"] = a["scale_factor"]
+    if kw["mode"] in ("linear", "bilinear", "bicubic", "trilinear"):
+        kw["align_corners"] = a.get("align_corners", False)
+    return kw
+
+
+register(
+    OpKind(
+        "interpolate", _infer_interpolate, flops=lambda n, s, o: 4 * numel(o), function=F.interpolate,
+        kwargs=_interp_kwargs,
+    )
+)
+
+
+def _infer_pad(node: Node, shapes: list[Shape]) -> Shape:
+    (x,) = shapes
+    pads = list(node.attrs["pad"])
+    out = list(x)
+    for i in range(len(pads) // 2):
+        dim = len(x) - 1 - i
+        out[dim] += pads[2 * i] + pads[2 * i + 1]
+    if min(out) <= 0:
+        raise _fail(node, f"padding {pads} leaves an empty output from {list(x)}")
+    return tuple(out)
+
+
+register(
+    OpKind(
+        "pad", _infer_pad, function=F.pad,
+        kwargs=lambda n: {"pad": tuple(n.attrs["pad"]), "mode": n.attrs.get("mode", "constant"),
+                          "value": n.attrs.get("value", 0.0)} if n.attrs.get("mode", "constant") == "constant"
+        else {"pad": tuple(n.attrs["pad"]), "mode": n.attrs["mode"]},
+    )
+)
+
+
+# --- opaque calls ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Ref:
+    """Placeholder for the i-th input inside an opaque call's argument template."""
+
+    index: int
+
+
+def fill_refs(template: Any, values: Sequence[Any]) -> Any:
+    """Replace every :class:`Ref` in a nested args template by the matching value."""
+    if isinstance(template, Ref):
+        return values[template.index]
+    if isinstance(template, (list, tuple)):
+        return type(template)(fill_refs(t, values) for t in template)
+    if isinstance(template, dict):
+        return {k: fill_refs(v, values) for k, v in template.items()}
+    return template
+
+
+@dataclass(frozen=True)
+class Value:
+    """The "shape" of a non-tensor value an opaque call returns (``x.size()``): the value itself."""
+
+    value: Any
+
+
+def _shape_of(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape)
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, torch.Tensor) for v in value):
+        return tuple(_shape_of(v) for v in value)
+    return Value(value)
+
+
+def _infer_opaque(node: Node, shapes: list[Shape]) -> Shape:
+    """Run the call once on zeros of the input shapes: the only way to know an unknown op's shape."""
+    a = node.attrs
+
+    def zeros(s: Any) -> Any:
+        if isinstance(s, Value):
+            return s.value
+        if s and isinstance(s[0], tuple):
+            return tuple(zeros(x) for x in s)
+        return torch.zeros(s)
+
+    args = fill_refs(a["args"], [zeros(s) for s in shapes])
+    kwargs = fill_refs(a.get("kwargs", {}), [zeros(s) for s in shapes])
+    try:
+        with torch.no_grad():
+            if a.get("method"):
+                out = getattr(args[0], a["method"])(*args[1:], **kwargs)
+            else:
+                out = a["target"](*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - the user's code may raise anything
+        raise _fail(node, f"calling it on inputs of shape {shapes} failed: {exc}") from exc
+    return _shape_of(out)
+
+
+register(OpKind("opaque", _infer_opaque, arity=(0, None)))
+
+
+def _infer_getitem(node: Node, shapes: list[Shape]) -> Shape:
+    (x,) = shapes
+    idx = node.attrs["index"]
+    if not isinstance(x, tuple) or not x or not isinstance(x[0], tuple):
+        raise _fail(node, f"indexes a value that is not a tuple of tensors (shape {x})")
+    return x[idx]
+
+
+register(
+    OpKind(
+        "getitem", _infer_getitem,
+        call=lambda n, ins: (operator.getitem, (ins[0], n.attrs["index"])),
+    )
+)
