@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint proto clean
+.PHONY: demo test bench bench-quick proto clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,7 +22,16 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-json=.benchmarks/results.json
+	mkdir -p .benchmarks
+	$(BIN)/python -m pytest benchmarks/bench_*.py -s -p no:cacheprovider --benchmark-enable \
+		--benchmark-json=.benchmarks/results.json
+
+# The same suite in seconds (small inputs, few rounds): CI keeps the JSON, no time is ever asserted.
+bench-quick: $(STAMP)
+	mkdir -p .benchmarks
+	AUTOMTL_BENCH_QUICK=1 $(BIN)/python -m pytest benchmarks/bench_*.py -q -s -p no:cacheprovider \
+		--benchmark-enable --benchmark-min-rounds=1 --benchmark-max-time=0.01 --benchmark-warmup=off \
+		--benchmark-json=.benchmarks/ci.json
 
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py

@@ -1,8 +1,11 @@
 """automtl: turn any CNN backbone into an efficient multi-task model automatically."""
 
 from .api import compile
+from .architecture import Architecture
 from .compiler.errors import CompileError
 from .compiler.ir import Graph, Node
+from .derive import MultiTaskModel
+from .supermodel import SuperModel, build
 
-__all__ = ["CompileError", "Graph", "Node", "compile"]
+__all__ = ["Architecture", "CompileError", "Graph", "MultiTaskModel", "Node", "SuperModel", "build", "compile"]
 __version__ = "0.1.0"

@@ -241,19 +241,19 @@ class TaskBatchNorm(nn.Module):
         groups = 1 if shared_input else T
         xv = x.reshape(groups, n, C, -1)
         if self.training:
-            with torch.no_grad():
-                var, mean = torch.var_mean(xv, dim=(1, 3), unbiased=False)
-                count = n * xv.shape[3]
-                self._update(g, mean.expand(T, C), (var * count / max(count - 1, 1)).expand(T, C))
             if single_shared and shared_input:
+                with torch.no_grad():
+                    var, mean = torch.var_mean(xv, dim=(1, 3), unbiased=False)
+                    self._update(g, mean.expand(T, C), self._unbiased(var, xv).expand(T, C))
                 return F.batch_norm(x, None, None, weight[0], bias[0], True, 0.0, self.eps)
-            if shared_input:  # the same statistics for every task: normalise once
-                xhat = F.batch_norm(x, None, None, None, None, True, 0.0, self.eps)
-                y = torch.addcmul(bias.view(T, 1, C, 1), xhat.reshape(1, n, C, -1), weight.view(T, 1, C, 1))
-                return y.reshape(T * n, *x.shape[1:])
-            xs = x.chunk(T)
-            return torch.cat([F.batch_norm(xs[t], None, None, weight[t], bias[t], True, 0.0, self.eps)
-                              for t in range(T)])
+            # Every task by its own batch statistics, all tasks in one pass: y = x * scale + shift.
+            var, mean = torch.var_mean(xv, dim=(1, 3), unbiased=False, keepdim=True)  # (groups, 1, C, 1)
+            with torch.no_grad():
+                self._update(g, mean.view(groups, C).expand(T, C), self._unbiased(var, xv).view(groups, C).expand(T, C))
+            scale = weight.view(T, 1, C, 1) * torch.rsqrt(var + self.eps)
+            shift = bias.view(T, 1, C, 1) - mean * scale
+            y = torch.addcmul(shift, xv, scale)
+            return y.reshape(T * n, *x.shape[1:])
         # evaluation: one affine map per task from each branch's running statistics
         scale = None
         shift = None
@@ -271,6 +271,11 @@ class TaskBatchNorm(nn.Module):
             return x * scale[0].view(1, C, *([1] * (x.dim() - 2))) + shift[0].view(1, C, *([1] * (x.dim() - 2)))
         y = torch.addcmul(shift.view(T, 1, C, 1), xv, scale.view(T, 1, C, 1))
         return y.reshape(T * n, *x.shape[1:])
+
+    @staticmethod
+    def _unbiased(var: torch.Tensor, xv: torch.Tensor) -> torch.Tensor:
+        count = xv.shape[1] * xv.shape[3]
+        return var * count / max(count - 1, 1)
 
     @torch.no_grad()
     def _update(self, g: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> None:

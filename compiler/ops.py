@@ -405,12 +405,18 @@ register(
 
 # --- element-wise over several inputs ----------------------------------------------------------
 def _infer_broadcast(node: Node, shapes: list[Shape]) -> Shape:
-    try:
-        return tuple(torch.broadcast_shapes(*shapes))
-    except RuntimeError:
-        raise _fail(
-            node, f"input shapes {[list(s) for s in shapes]} do not match", "every input must have the same shape"
-        ) from None
+    """Numpy broadcasting of the input shapes, in plain Python (it runs once per element-wise op)."""
+    rank = max(len(s) for s in shapes)
+    out = [1] * rank
+    for s in shapes:
+        for i, d in enumerate(s, start=rank - len(s)):
+            if d != out[i] and d != 1 and out[i] != 1:
+                raise _fail(
+                    node, f"input shapes {[list(x) for x in shapes]} do not match",
+                    "every input must have the same shape",
+                )
+            out[i] = d if out[i] == 1 else out[i]
+    return tuple(out)
 
 
 def scaled_sum(*xs: torch.Tensor, coeffs: Sequence[float]) -> torch.Tensor:
