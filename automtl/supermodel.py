@@ -21,6 +21,7 @@ from .compiler.codegen import attr_name, codegen
 from .compiler.errors import CompileError
 from .compiler.ir import Graph
 from .compiler.mtl import BRANCHES, Choice, MTLOptions, rewrite
+from .compiler.ops import get as op_kind
 from .compiler.passes import cut
 from .mixing import BATCHING, MixedOp, TaskBatchNorm
 
@@ -180,7 +181,11 @@ class SuperModel(nn.Module):
         if self._multi_domain is None:
             graph, _ = rewrite(self.graph, self.task_names, self.options, multi_domain=True)
             names: set[str] = set()
-            lookup = {n.name: attr_name(n.name, names) for n in graph}
+            lookup = {}
+            for n in graph:  # the names codegen gave the trunk's modules: only inputs and modules take one
+                module = op_kind(n.kind).module is not None or isinstance(n.attrs.get("target"), nn.Module)
+                if n.kind == "input" or module:
+                    lookup[n.name] = attr_name(n.name, names)
             gm = codegen(graph, lambda node, shapes: self.trunk.get_submodule(lookup[node.name]), "Trunk")
             object.__setattr__(self, "_multi_domain", gm)  # not a submodule: it holds no new state
         return self._multi_domain

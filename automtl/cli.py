@@ -1,0 +1,187 @@
+"""The ``automtl`` command line: one subcommand per job, each an (add_arguments, run) pair.
+
+    automtl compile resnet18                       # op table with totals
+    automtl compile net.prototxt --input-shape 3,128,128 --json
+
+To add a subcommand, put a :class:`Command` into :data:`COMMANDS`. ``run`` returns the exit code;
+:func:`main` turns a :class:`CompileError`, ``ValueError`` or ``FileNotFoundError`` into one line
+``automtl: error: <message>`` on stderr and exit code 2 (``--debug`` re-raises instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import __version__
+
+PROG = "automtl"
+ERROR_EXIT = 2
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its one-line help, how it declares its arguments and what it does."""
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    description: str | None = None
+
+
+# --- shared argument types -----------------------------------------------------------------------
+def parse_shape(text: str) -> tuple[int, ...] | list[tuple[int, ...]]:
+    """``"3,224,224"`` (or ``3x224x224``, or ``N,C,H,W``) -> a tuple; ``;`` separates several inputs."""
+    shapes: list[tuple[int, ...]] = []
+    for part in text.split(";"):
+        dims = [d for d in part.replace("x", ",").replace(" ", "").split(",") if d]
+        try:
+            shape = tuple(int(d) for d in dims)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a shape like 3,224,224") from None
+        if len(shape) not in (3, 4) or min(shape) <= 0:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a shape like 3,224,224 (C,H,W or N,C,H,W, all positive)"
+            )
+        shapes.append(shape)
+    return shapes[0] if len(shapes) == 1 else shapes
+
+
+def jsonable(value: Any) -> Any:
+    """Shapes and other IR values as plain JSON: tuples become lists, unknown objects their repr."""
+    if isinstance(value, (tuple, list)):
+        return [jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
+def _fmt_shape(shape: Any) -> str:
+    if isinstance(shape, tuple) and all(isinstance(d, int) for d in shape):
+        return "x".join(map(str, shape))
+    return str(shape)
+
+
+# --- automtl compile -------------------------------------------------------------------------------
+def _compile_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("backbone", help="a zoo name (see `automtl compile --help`), a .prototxt or an .onnx file")
+    p.add_argument(
+        "--input-shape", type=parse_shape, metavar="C,H,W",
+        help="input shape (C,H,W or N,C,H,W; ';' between several inputs); default: the zoo's or the file's",
+    )
+    p.add_argument("--dialect", choices=("auto", "caffe", "automtl"), default="auto",
+                   help="prototxt dialect (default: auto)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+
+
+def graph_report(graph: Any) -> dict[str, Any]:
+    """The JSON document ``automtl compile --json`` prints for ``graph``."""
+    return {
+        "name": graph.name,
+        "params": int(graph.params),
+        "flops": int(graph.flops),
+        "inputs": {i: jsonable(graph[i].shape) for i in graph.inputs},
+        "outputs": {o: jsonable(s) for o, s in graph.output_shapes().items()},
+        "ops": [
+            {**row, "shape": jsonable(row["shape"]), "inputs": list(graph[row["name"]].inputs)}
+            for row in graph.summary()
+        ],
+    }
+
+
+def _compile_run(args: argparse.Namespace) -> int:
+    from .api import compile as compile_backbone
+
+    graph = compile_backbone(args.backbone, args.input_shape, dialect=args.dialect)
+    if args.json:
+        print(json.dumps(graph_report(graph)))
+        return 0
+    print(graph.table())
+    print()
+    print(f"inputs:  {', '.join(f'{i} {_fmt_shape(graph[i].shape)}' for i in graph.inputs)}")
+    print(f"outputs: {', '.join(f'{o} {_fmt_shape(s)}' for o, s in graph.output_shapes().items())}")
+    print(f"params:  {graph.params:,}")
+    print(f"FLOPs:   {graph.flops:,}")
+    return 0
+
+
+def _zoo_names() -> str:
+    try:
+        from . import backbones
+
+        return ", ".join(backbones.names())
+    except ImportError:  # pragma: no cover - the zoo ships with the package
+        return "(the zoo is not installed)"
+
+
+COMMANDS: dict[str, Command] = {
+    "compile": Command(
+        help="compile a backbone and print its operators, shapes, parameters and FLOPs",
+        add_arguments=_compile_arguments,
+        run=_compile_run,
+        description="Compile a backbone into the IR and print its op table and totals. "
+        "Zoo backbones: " + _zoo_names() + ".",
+    ),
+}
+
+
+# --- entry point ----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one subparser per entry of :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Turn any CNN backbone into an efficient multi-task model automatically."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.help, description=cmd.description or cmd.help, parents=[common])
+        cmd.add_arguments(p)
+        p.set_defaults(run=cmd.run)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    return " ".join(part.strip() for part in text.splitlines() if part.strip()) or type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors: argparse has printed them
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else ERROR_EXIT)
+    from .compiler.errors import CompileError
+
+    try:
+        return int(args.run(args))
+    except (CompileError, ValueError, FileNotFoundError) as exc:
+        if args.debug:
+            raise
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return ERROR_EXIT
+    except BrokenPipeError:  # the reader went away (`automtl compile resnet50 | head`): not our error
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 0
+
+
+def entry() -> None:
+    """Console-script wrapper: exit with :func:`main`'s code."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()
