@@ -119,7 +119,35 @@ def _zoo_names() -> str:
         return "(the zoo is not installed)"
 
 
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", default="resnet18", help="zoo backbone (default resnet18)")
+    p.add_argument("--trunk-output", default="layer2", help="operator or submodule the heads read (default layer2)")
+    p.add_argument("--size", type=int, default=32, help="image size of SyntheticScenes (default 32)")
+    p.add_argument("--images", type=int, default=600, help="number of generated scenes (default 600)")
+    p.add_argument("--warmup-steps", type=int, default=60)
+    p.add_argument("--search-iterations", type=int, default=40)
+    p.add_argument("--finetune-steps", type=int, default=80)
+    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _demo_run(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.backbone, args.trunk_output, args.size, args.images, args.warmup_steps, args.search_iterations,
+             args.finetune_steps, out_dir=args.out, seed=args.seed, quiet=args.quiet)
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
+    "demo": Command(
+        help="search on SyntheticScenes and compare independent, all-shared and searched models",
+        add_arguments=_demo_arguments,
+        run=_demo_run,
+        description="Compile a zoo backbone, search shared/specific/skip choices for segmentation, depth and "
+        "edges on the built-in SyntheticScenes data, derive the compact model and print a comparison table.",
+    ),
     "compile": Command(
         help="compile a backbone and print its operators, shapes, parameters and FLOPs",
         add_arguments=_compile_arguments,
