@@ -140,7 +140,51 @@ def _demo_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN", help="a run directory holding model.pt (as `automtl demo` writes), or a model.pt file")
+    p.add_argument("--onnx", action="store_true", help="also write model.onnx (one graph, one output per task)")
+    p.add_argument("--input-shape", type=parse_shape, default=None,
+                   help="C,H,W of the exported input (default: the shape the model was compiled at)")
+    p.add_argument("--out", default=None, help="output file (default: RUN/model.onnx, or RUN/state_dict.pt)")
+
+
+def _export_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from .derive import MultiTaskModel
+    from .export import check_onnx, export_onnx
+
+    src = Path(args.run_dir)
+    model_file = src / "model.pt" if src.is_dir() else src
+    if not model_file.is_file():
+        raise FileNotFoundError(f"{model_file}: no such file; run `automtl demo` (or save a MultiTaskModel) first")
+    model = MultiTaskModel.load(model_file)
+    folder = model_file.parent
+    if not args.onnx:
+        out = Path(args.out or folder / "state_dict.pt")
+        torch.save(model.state_dict(), out)
+        print(f"wrote {out} (state dict, {sum(p.numel() for p in model.parameters()):,} params)")
+        return 0
+    shape = args.input_shape or model.graph[model.graph.inputs[0]].shape[1:]
+    out = Path(args.out or folder / "model.onnx")
+    proto = export_onnx(model, out, shape, dynamic_batch=True)
+    diffs = check_onnx(out, model, torch.randn(2, *shape))
+    convs = sum(n.op_type == "Conv" for n in proto.graph.node)
+    print(f"wrote {out}: outputs {', '.join(model.task_names)}; {convs} Conv nodes; "
+          f"onnxruntime vs PyTorch max abs diff {max(diffs.values()):.2e}")
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
+    "export": Command(
+        help="export a derived multi-task model: state dict, or ONNX with --onnx",
+        add_arguments=_export_arguments,
+        run=_export_run,
+        description="Export the derived model of a run directory. With --onnx: one ONNX graph with one named "
+        "output per task, checked by onnx.checker and compared with PyTorch under onnxruntime.",
+    ),
     "demo": Command(
         help="search on SyntheticScenes and compare independent, all-shared and searched models",
         add_arguments=_demo_arguments,

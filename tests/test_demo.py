@@ -31,3 +31,21 @@ def test_demo_writes_a_run_directory_with_three_rows(tmp_path, capsys) -> None:
     out = model.as_dict(torch.randn(2, 3, 16, 16))
     assert out["segmentation"].shape[-2:] == (16, 16) and set(out) == {"segmentation", "depth", "edges"}
     assert (tmp_path / "architecture.json").is_file() and (tmp_path / "report.md").read_text().startswith("# automtl")
+
+
+def test_export_cli_writes_a_checked_onnx_file_and_a_state_dict(tmp_path, capsys) -> None:
+    import onnx
+
+    torch.set_num_threads(1)
+    assert main(["demo", "--backbone", "tiny_cnn", "--trunk-output", "block", "--size", "16", "--images", "32",
+                 "--warmup-steps", "1", "--search-iterations", "1", "--finetune-steps", "1", "--out",
+                 str(tmp_path), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["export", str(tmp_path), "--onnx"]) == 0
+    assert "onnxruntime vs PyTorch" in capsys.readouterr().out
+    proto = onnx.load(str(tmp_path / "model.onnx"))
+    assert [o.name for o in proto.graph.output] == ["segmentation", "depth", "edges"]
+    assert main(["export", str(tmp_path)]) == 0
+    assert (tmp_path / "state_dict.pt").is_file()
+    assert main(["export", str(tmp_path / "missing")]) == 2
+    assert "no such file" in capsys.readouterr().err
