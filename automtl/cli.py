@@ -123,7 +123,7 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default="resnet18", help="zoo backbone (default resnet18)")
     p.add_argument("--trunk-output", default="layer2", help="operator or submodule the heads read (default layer2)")
     p.add_argument("--size", type=int, default=32, help="image size of SyntheticScenes (default 32)")
-    p.add_argument("--images", type=int, default=600, help="number of generated scenes (default 600)")
+    p.add_argument("--images", type=int, default=500, help="number of generated scenes (default 500)")
     p.add_argument("--warmup-steps", type=int, default=60)
     p.add_argument("--search-iterations", type=int, default=40)
     p.add_argument("--finetune-steps", type=int, default=80)
@@ -190,7 +190,7 @@ COMMANDS: dict[str, Command] = {
         add_arguments=_demo_arguments,
         run=_demo_run,
         description="Compile a zoo backbone, search shared/specific/skip choices for segmentation, depth and "
-        "edges on the built-in SyntheticScenes data, derive the compact model and print a comparison table.",
+        "normals on the built-in SyntheticScenes data, derive the compact model and print a comparison table.",
     ),
     "compile": Command(
         help="compile a backbone and print its operators, shapes, parameters and FLOPs",

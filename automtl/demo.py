@@ -19,7 +19,7 @@ from . import build, compile
 from .data import SyntheticScenes
 from .derive import MultiTaskModel
 from .search import SearchConfig, Searcher
-from .tasks import Depth, Edges, Segmentation, Task, dense_head
+from .tasks import Depth, Normals, Segmentation, Task, dense_head
 
 
 @dataclass
@@ -33,7 +33,7 @@ class Row:
 
 def _tasks(num_classes: int) -> dict[str, Task]:
     return {"segmentation": Segmentation("segmentation", num_classes), "depth": Depth("depth"),
-            "edges": Edges("edges")}
+            "normals": Normals("normals")}
 
 
 def _latency(models: list[MultiTaskModel], shape: tuple[int, ...], rounds: int = 20) -> float:
@@ -67,7 +67,7 @@ def run_demo(
     backbone: str = "resnet18",
     trunk_output: str = "layer2",
     size: int = 32,
-    images: int = 600,
+    images: int = 500,
     warmup_steps: int = 60,
     search_iterations: int = 40,
     finetune_steps: int = 80,

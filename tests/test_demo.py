@@ -26,10 +26,10 @@ def test_demo_writes_a_run_directory_with_three_rows(tmp_path, capsys) -> None:
     # three separate models hold more parameters than one shared trunk with three heads
     assert independent["params"] > shared["params"]
     assert shared["params"] <= searched["params"] <= independent["params"]
-    assert set(report["tasks"]) == {"segmentation", "depth", "edges"}
+    assert set(report["tasks"]) == {"segmentation", "depth", "normals"}
     model = MultiTaskModel.load(tmp_path / "model.pt")
     out = model.as_dict(torch.randn(2, 3, 16, 16))
-    assert out["segmentation"].shape[-2:] == (16, 16) and set(out) == {"segmentation", "depth", "edges"}
+    assert out["segmentation"].shape[-2:] == (16, 16) and set(out) == {"segmentation", "depth", "normals"}
     assert (tmp_path / "architecture.json").is_file() and (tmp_path / "report.md").read_text().startswith("# automtl")
 
 
@@ -44,7 +44,7 @@ def test_export_cli_writes_a_checked_onnx_file_and_a_state_dict(tmp_path, capsys
     assert main(["export", str(tmp_path), "--onnx"]) == 0
     assert "onnxruntime vs PyTorch" in capsys.readouterr().out
     proto = onnx.load(str(tmp_path / "model.onnx"))
-    assert [o.name for o in proto.graph.output] == ["segmentation", "depth", "edges"]
+    assert [o.name for o in proto.graph.output] == ["segmentation", "depth", "normals"]
     assert main(["export", str(tmp_path)]) == 0
     assert (tmp_path / "state_dict.pt").is_file()
     assert main(["export", str(tmp_path / "missing")]) == 2

@@ -458,3 +458,20 @@ def test_a_backbone_without_searchable_operators_still_runs() -> None:
     assert out["a"].shape == (2, 4)
     assert isinstance(model.trunk.get_submodule("fc"), nn.Linear)
     assert not any(isinstance(m, MixedOp) for m in model.modules())
+
+
+def test_tune_batching_picks_one_and_leaves_the_model_as_it_was() -> None:
+    import automtl
+
+    torch.manual_seed(0)
+    model = automtl.build("tiny_cnn", {"a": nn.Identity(), "b": nn.Identity()}, input_shape=(3, 16, 16),
+                          trunk_output="block", check_heads=False)
+    model.materialize().fill_specific()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    timings = model.tune_batching(torch.randn(2, 3, 16, 16), rounds=1)
+    assert set(timings) == {"dense", "grouped"} and all(t > 0 for t in timings.values())
+    assert model.batching == min(timings, key=timings.__getitem__)
+    assert all(m.batching == model.batching for m in model.mixed_modules())
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.grad is None for p in model.parameters())
