@@ -141,7 +141,8 @@ def _demo_run(args: argparse.Namespace) -> int:
 
 
 def _export_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", metavar="RUN", help="a run directory holding model.pt (as `automtl demo` writes), or a model.pt file")
+    p.add_argument("run_dir", metavar="RUN",
+                   help="a run directory holding model.pt (as `automtl demo` writes), or a model.pt file")
     p.add_argument("--onnx", action="store_true", help="also write model.onnx (one graph, one output per task)")
     p.add_argument("--input-shape", type=parse_shape, default=None,
                    help="C,H,W of the exported input (default: the shape the model was compiled at)")

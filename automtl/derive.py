@@ -61,10 +61,11 @@ class MultiTaskModel(nn.Module):
         """Params and FLOPs of all tasks together and per task, against T separate backbones,
         and which tasks share each operator."""
         per_task: dict[str, dict[str, int]] = {}
+        modules = _modules_of(self.net, self.graph)
         for i, task in enumerate(self.task_names):
             nodes = self._ancestors(self.graph.outputs[i])
             per_task[task] = {
-                "params": _unique_params(self.net, [self.graph[n] for n in nodes]),
+                "params": _unique_params([modules[n] for n in nodes if n in modules]),
                 "flops": sum(self.graph[n].flops for n in nodes),
             }
         users: dict[str, list[str]] = {}
@@ -112,14 +113,31 @@ class MultiTaskModel(nn.Module):
         return cls(graph, net, data["tasks"], Architecture.from_dict(data["architecture"]), data["baseline"])
 
 
-def _unique_params(net: fx.GraphModule, nodes: list[Node]) -> int:
+def _modules_of(net: fx.GraphModule, graph: Graph) -> dict[str, nn.Module]:
+    """Each IR node's submodule of ``net``, found by the names codegen gave them (in graph order)."""
+    from .compiler.codegen import attr_name
+    from .compiler.ops import get as op_kind
+
+    taken: set[str] = set()
+    found: dict[str, nn.Module] = {}
+    for node in graph:
+        if node.kind == "input":
+            attr_name(node.name, taken)  # placeholders take names too
+            continue
+        if node.kind == "opaque":
+            has_module = isinstance(node.attrs.get("target"), nn.Module)
+        else:
+            has_module = op_kind(node.kind).module is not None
+        if has_module:
+            found[node.name] = net.get_submodule(attr_name(node.name, taken))
+    return found
+
+
+def _unique_params(modules: list[nn.Module]) -> int:
     seen: set[int] = set()
     total = 0
-    for node in nodes:
-        attr = node.attrs.get("derived", {}).get("module")
-        if attr is None:
-            continue
-        for p in net.get_submodule(attr).parameters():
+    for module in modules:
+        for p in module.parameters():
             if id(p) not in seen:
                 seen.add(id(p))
                 total += p.numel()
@@ -167,10 +185,12 @@ def derive(model: SuperModel, architecture: Architecture, multi_domain: bool = F
     mods = _mixed(model)
     g = model.mtl_graph
     out = Graph(f"{g.name}_multitask", file=g.file)
-    vn: dict[tuple[str, int], Any] = {}  # (node, task) -> value key
-    emitted: dict[Any, str] = {}  # value key -> derived node name
+    vn: dict[tuple[str, int], int] = {}  # (node, task) -> value number
+    numbers: dict[Any, int] = {}  # flat value key (inputs as value numbers) -> value number
+    described: dict[int, Any] = {}  # value number -> its flat key
+    emitted: dict[Any, str] = {}  # value number -> derived node name
     users: dict[Any, list[str]] = defaultdict(list)
-    plan: list[tuple[Any, Node, str, int]] = []  # (key, source node, branch, first task)
+    plan: list[tuple[Any, Node, str, int]] = []  # (value number, source node, branch, first task)
 
     choice_of = {c.node: c for c in model.choices}
     for node in g:
@@ -194,12 +214,16 @@ def derive(model: SuperModel, architecture: Architecture, multi_domain: bool = F
                 key = (node.name, b, None if b == "shared" else t, ins[0])
             else:
                 key = (node.name, tuple(ins))
+            if not isinstance(key, int):  # number it: keys never nest, so hashing one stays O(1)
+                flat = key
+                key = numbers.setdefault(flat, len(numbers))
+                described.setdefault(key, flat)
             vn[(node.name, t)] = key
             if key not in users or task not in users[key]:
                 users[key].append(task)
             if key not in emitted:  # pass-throughs (identity skip, tiling) reuse their input's key
                 emitted[key] = ""
-                plan.append((key, node, _branch_of(key, node), t))
+                plan.append((key, node, _branch_of(described[key], node), t))
 
     counts: dict[str, int] = defaultdict(int)
     for _key, source, _branch, _task in plan:
@@ -209,12 +233,14 @@ def derive(model: SuperModel, architecture: Architecture, multi_domain: bool = F
         name = node.name if counts[node.name] == 1 else f"{node.name}[{'+'.join(task_list)}]"
         if node.kind == "input":
             name = node.name if not multi_domain else f"{node.name}_{tasks[t]}"
-        new = _derived_node(node, branch, t, name, [emitted[k] for k in _input_keys(key, node)], mods, task_list)
+        ins = [emitted[k] for k in _input_keys(described[key], node)]
+        new = _derived_node(node, branch, t, name, ins, mods, task_list)
         out.add(new)
         emitted[key] = name
     # heads: inlined when torch.fx can trace them, else one opaque call each
     outputs = []
     trunk_out = model.graph.outputs[0]
+    infer(out)  # the heads are traced at the trunk output's shape
     for t, task in enumerate(tasks):
         feat = emitted[vn[(trunk_out, t)]]
         outputs.append(_add_head(out, model.heads[task], task, feat))
@@ -297,10 +323,14 @@ def _add_head(out: Graph, head: nn.Module, task: str, feat: str) -> str:
     from .compiler.frontends.fx import OpaqueOperatorWarning, from_module
 
     head = copy.deepcopy(head).eval()
+    # a bare leaf (nn.Linear) traces as opaque functional calls; as a child it becomes a typed operator
+    traced = nn.Sequential(head) if next(head.children(), None) is None else head
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OpaqueOperatorWarning)
-            hg = from_module(head, out[feat].shape)
+            hg = from_module(traced, out[feat].shape)
+        if len(hg.outputs) != 1:
+            raise ValueError("a head with several outputs stays one call")
     except Exception:  # noqa: BLE001 - any head that fx cannot take stays one call
         name = f"head.{task}"
         out.add(Node(name, "opaque", [feat], {"target": head, "args": (_ref0(),), "kwargs": {},
