@@ -226,6 +226,7 @@ def derive(model: SuperModel, architecture: Architecture, multi_domain: bool = F
                 plan.append((key, node, _branch_of(described[key], node), t))
 
     counts: dict[str, int] = defaultdict(int)
+    opaque_modules: dict[str, nn.Module] = {}
     for _key, source, _branch, _task in plan:
         counts[source.name] += 1
     for key, node, branch, t in plan:
@@ -235,6 +236,8 @@ def derive(model: SuperModel, architecture: Architecture, multi_domain: bool = F
             name = node.name if not multi_domain else f"{node.name}_{tasks[t]}"
         ins = [emitted[k] for k in _input_keys(described[key], node)]
         new = _derived_node(node, branch, t, name, ins, mods, task_list)
+        if new.kind == "opaque" and node.name in mods:  # copies on diverged values share the one module
+            new.attrs["target"] = opaque_modules.setdefault(node.name, new.attrs["target"])
         out.add(new)
         emitted[key] = name
     # heads: inlined when torch.fx can trace them, else one opaque call each

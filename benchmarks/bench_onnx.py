@@ -1,22 +1,30 @@
 """onnxruntime latency: one exported model against T separate ones (the multi-task saving).
 
-For now the "multi-task" model is one ResNet-18 (batch 2, 64x64) and the baseline is T = 3
-sessions of it run one after the other, which is what T single-task deployments cost. The lead
-swaps in a derived multi-task model (one session, one output per task) for ``_multi_task``.
-Each benchmark checks its outputs, never its time. Also: reading the exported file back
-(``from_onnx``) and writing it (``export_onnx``).
+One plain ResNet-18 (batch 2, 64x64) against T = 3 sessions of it run one after the other, which
+is what T single-task deployments cost. Then the real thing: a derived multi-task model (ResNet-18
+trunk, T = 5 tasks, one session with one output per task) for an all-shared (bn="follow") and a
+random architecture, against T single-task models (the trunk plus that task's head) run in turn;
+the latency ratio goes to ``benchmark.extra_info`` and is printed. Each benchmark checks its
+outputs, never its time. Also: reading the exported file back (``from_onnx``) and writing it
+(``export_onnx``).
 """
 
 from __future__ import annotations
 
+import os
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from automtl import backbones
+from automtl import backbones, build
+from automtl.derive import MultiTaskModel
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -84,3 +92,108 @@ def test_from_onnx(benchmark: Any, exported: Path) -> None:
     graph = benchmark(from_onnx, exported)
     assert sum(n.kind == "conv2d" for n in graph) == 20  # BN folded into them by the exporter
     assert list(graph.output_shapes().values()) == [(1, 1000)]
+
+
+# --- multi-task: one derived model against T single-task models ----------------------------------
+MT_TASKS = 5
+MT_NAMES = [f"task{i}" for i in range(MT_TASKS)]
+MT_CUT = "layer4"
+MT_GROUP = f"onnxruntime multi-task {BACKBONE} trunk, batch {BATCH} {SHAPE[1]}x{SHAPE[2]}, T={MT_TASKS}"
+MT_ROUNDS = 3 if os.environ.get("AUTOMTL_BENCH_QUICK") == "1" else 20
+MT_RESULTS: list[tuple[str, dict[str, float]]] = []
+
+
+def _mt_heads(names: list[str]) -> dict[str, nn.Module]:
+    return {t: nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 10)) for t in names}
+
+
+def _mt_derived(kind: str) -> MultiTaskModel:
+    """The T-task model of an all-shared or a random architecture (every task a random branch per choice)."""
+    torch.manual_seed(0)
+    model = build(BACKBONE, _mt_heads(MT_NAMES), trunk_output=MT_CUT, bn="follow", input_shape=SHAPE)
+    model.materialize()
+    model.fill_specific()
+    if kind == "shared":
+        return model.derive(model.uniform_architecture("shared"))
+    gen = torch.Generator().manual_seed(0)
+    pick = torch.zeros(MT_TASKS, len(model.choices), dtype=torch.long)
+    for c in model.choices:
+        pick[:, c.index] = torch.randint(len(c.branches), (MT_TASKS,), generator=gen)
+    return model.derive(model.architecture_from_indices(pick))
+
+
+@pytest.fixture(scope="module")
+def single_task_models(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """T single-task deployments (the trunk and one head each): T sessions, each loading its own copy.
+
+    One file serves them all: the weights' values do not change the latency, and exporting once saves time.
+    """
+    torch.manual_seed(0)
+    model = build(BACKBONE, _mt_heads(MT_NAMES[:1]), trunk_output=MT_CUT, input_shape=SHAPE)
+    single = model.derive(model.uniform_architecture("shared"))
+    path = tmp_path_factory.mktemp("single") / "single_task.onnx"
+    export_onnx(single, path, SHAPE)
+    return [path] * MT_TASKS
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _mt_table() -> Any:
+    yield
+    if MT_RESULTS:
+        print(f"\n\n{MT_GROUP}: one derived model / {MT_TASKS} single-task models (onnxruntime, median)")
+        for kind, info in MT_RESULTS:
+            print(f"  {kind:<8} latency {info['latency_ratio']:.2f}x ({info['derived_ms']:.1f} ms vs "
+                  f"{info['separate_ms']:.1f} ms), FLOPs {info['flops_ratio']:.2f}x, "
+                  f"params {info['params_ratio']:.2f}x, {info['onnx_convs']:.0f} Conv nodes")
+
+
+def _median_ms(fns: list[Callable[[], Any]], rounds: int) -> list[float]:
+    """Median wall time of each function; rounds interleave them so machine load hits all alike."""
+    for fn in fns:
+        fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - start)
+    return [1e3 * statistics.median(t) for t in times]
+
+
+def test_ort_multitask_separate(benchmark: Any, single_task_models: list[Path]) -> None:
+    """T single-task sessions run in turn: the baseline of the derived models below."""
+    benchmark.group = MT_GROUP
+    sessions, feed = [_session(p) for p in single_task_models], _feed()
+    outs = benchmark(lambda: [s.run(None, feed) for s in sessions])
+    assert [o[0].shape for o in outs] == [(BATCH, 10)] * MT_TASKS
+
+
+@pytest.mark.parametrize("kind", ["shared", "random"])
+def test_ort_multitask_derived(benchmark: Any, kind: str, single_task_models: list[Path], tmp_path: Path) -> None:
+    """One session computing all T tasks of a derived model; its latency ratio to T sessions."""
+    benchmark.group = MT_GROUP
+    derived = _mt_derived(kind).eval()
+    proto = export_onnx(derived, tmp_path / f"{kind}.onnx", SHAPE)
+    assert [o.name for o in proto.graph.output] == MT_NAMES
+    session, singles, feed = _session(tmp_path / f"{kind}.onnx"), [_session(p) for p in single_task_models], _feed()
+    outs = benchmark(session.run, None, feed)
+    with torch.no_grad():
+        want = derived(torch.from_numpy(feed["input"]))
+    for got, w in zip(outs, want, strict=True):
+        assert got.shape == (BATCH, 10)
+        assert np.abs(got - w.numpy()).max() <= 1e-4 * max(1.0, float(w.abs().max()))
+    derived_ms, separate_ms = _median_ms(
+        [lambda: session.run(None, feed), lambda: [s.run(None, feed) for s in singles]], MT_ROUNDS
+    )
+    report = derived.report()
+    info = {
+        "latency_ratio": derived_ms / separate_ms, "derived_ms": derived_ms, "separate_ms": separate_ms,
+        "flops_ratio": report["flops_ratio"], "params_ratio": report["params_ratio"],
+        "onnx_convs": float(sum(n.op_type == "Conv" for n in proto.graph.node)),
+    }
+    benchmark.extra_info.update(info)
+    MT_RESULTS.append((kind, info))
+    print(f"\n{kind}: latency ratio {info['latency_ratio']:.3f} (derived {derived_ms:.2f} ms, "
+          f"{MT_TASKS} single-task {separate_ms:.2f} ms), FLOPs ratio {info['flops_ratio']:.3f}")
+    if kind == "shared":  # the trunk once: 20 convolutions, not T x 20
+        assert info["onnx_convs"] == 20
