@@ -61,12 +61,12 @@ class MixedOp(nn.Module):
         if self.skip == "projection":
             self.projection = _empty_like_param((self.tasks, shape[0], shape[1]))
         if self.skip == "identity":
-            delta = torch.zeros(shape)
-            centre = tuple((s - 1) // 2 for s in shape[2:])
-            per_group = shape[1]
-            for o in range(shape[0]):
-                delta[(o, o % per_group, *centre)] = 1.0
-            self.register_buffer("delta", delta.reshape(1, -1), persistent=False)
+            # flat positions of the identity's ones: W[o, o % (in/groups), centre]; no dense delta is stored
+            inner = math.prod(shape[2:])
+            centre = sum(((s - 1) // 2) * math.prod(shape[3 + i:]) for i, s in enumerate(shape[2:]))
+            o = torch.arange(shape[0])
+            self.register_buffer("identity_index", o * shape[1] * inner + (o % shape[1]) * inner + centre,
+                                 persistent=False)
         self.register_buffer("filled", torch.tensor(False))
         self._owns_weight = "weight" not in src
         self._initialised = False
@@ -113,10 +113,8 @@ class MixedOp(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     # --- weights --------------------------------------------------------------------------------
-    def skip_kernel(self) -> torch.Tensor:
-        """The skip branch as a (1 or T, numel) kernel: a delta, or a projection at the centre."""
-        if self.skip == "identity":
-            return self.delta
+    def projection_kernel(self) -> torch.Tensor:
+        """The projection skip as a (T, numel) kernel: the 1x1 projection at the kernel centre."""
         assert self.projection is not None
         p = self.projection
         if self.kind == "conv2d":
@@ -132,8 +130,11 @@ class MixedOp(nn.Module):
             w = torch.addcmul(g[:, 0:1] * flat, g[:, 1:2], self.specific_weight.reshape(T, -1))
         else:  # before warm-up ends, the specific branch reads the shared weight
             w = (g[:, 0:1] + g[:, 1:2]) * flat
-        if self.skip is not None:
-            w = torch.addcmul(w, g[:, 2:3], self.skip_kernel())
+        if self.skip == "identity":  # + g_skip at the identity's positions
+            idx = self.identity_index
+            w = w.index_add(1, idx, g[:, 2:3].to(w.dtype).expand(T, idx.numel()))
+        elif self.skip == "projection":
+            w = torch.addcmul(w, g[:, 2:3], self.projection_kernel())
         b = None
         if self.bias is not None:
             if bool(self.filled):
