@@ -5,7 +5,11 @@ from .architecture import Architecture
 from .compiler.errors import CompileError
 from .compiler.ir import Graph, Node
 from .derive import MultiTaskModel
+from .search import SearchConfig, SearchResult, Searcher, search
 from .supermodel import SuperModel, build
 
-__all__ = ["Architecture", "CompileError", "Graph", "MultiTaskModel", "Node", "SuperModel", "build", "compile"]
+__all__ = [
+    "Architecture", "CompileError", "Graph", "MultiTaskModel", "Node", "SearchConfig", "SearchResult", "Searcher",
+    "SuperModel", "build", "compile", "search",
+]
 __version__ = "0.1.0"

@@ -1,0 +1,770 @@
+"""The search runtime (DESIGN §5): warm-up, policy search, derivation and fine-tuning.
+
+>>> result = search(model, tasks, dataset, SearchConfig(warmup_steps=200, search_iterations=500))
+>>> result.architecture, result.model, result.metrics
+
+Each stage is a method of :class:`Searcher` and can run alone; :func:`search` chains them.
+
+* warm-up: weights only, every branch mixed uniformly (``mode="warmup"``); ends with
+  ``model.fill_specific()`` so every task's specific branch starts from the trained shared one;
+* policy search: alternately ``N`` weight steps on the *weights* split (Gumbel-softmax gates,
+  gradients to the weights only) and ``M`` policy steps on the *policy* split (logits only,
+  task losses + ``λ_policy ·`` sharing regularizer + budget penalty); τ decays by a factor every
+  ``tau_interval`` policy steps;
+* derive: the argmax architecture, or the best on validation of the argmax and ``k`` samples;
+  with a budget, then fitted to it (a spread policy's argmax can miss a budget its expected
+  cost meets);
+* fine-tune: the derived :class:`~automtl.derive.MultiTaskModel`, from the supermodel's weights
+  or from scratch, on the weights and policy splits together.
+
+Batches are ``(x, {task: y})`` (one input, many labels; a ``None`` label is masked) or
+``{task: (x_t, y_t)}`` (one input per task). The loop is plain and deterministic on the CPU for
+a given seed: the global torch RNG is seeded once by the :class:`Searcher`, every loader
+shuffles with its own seeded generator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from .architecture import Architecture
+from .data import make_collate, split_dataset
+from .derive import MultiTaskModel, derive
+from .regularizers import BUDGET_MODES, COST_KINDS, CostModel, budget_penalty, fit_to_budget, sharing_regularizer
+from .supermodel import SuperModel
+from .tasks import Task, check_finite
+from .weighting import Weighting, get_weighting
+
+__all__ = ["SearchConfig", "SearchResult", "Searcher", "evaluate", "search", "temperature"]
+
+_SPLITS = ("weights", "policy", "val")
+
+
+@dataclass
+class SearchConfig:
+    """Every hyper-parameter of the search, with AutoMTL's defaults where the paper gives one."""
+
+    # stage lengths, in optimiser steps
+    warmup_steps: int = 200
+    search_iterations: int = 500  # rounds of (weight_steps_per_iter, policy_steps_per_iter)
+    weight_steps_per_iter: int = 1  # N
+    policy_steps_per_iter: int = 1  # M
+    finetune_steps: int = 500
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    eval_batches: int | None = None  # validation batches per evaluation (None: the whole split)
+    eval_every: int = 0  # also validate every this many steps of a stage (0: at its end only)
+    # weight optimiser (warm-up, weight steps, fine-tune)
+    weight_optimizer: str = "adam"  # "adam" or "sgd"
+    weight_lr: float = 1e-3
+    weight_momentum: float = 0.9  # sgd only
+    weight_decay: float = 1e-4
+    finetune_lr: float | None = None  # None: weight_lr
+    grad_clip: float | None = None  # max gradient norm of the weights, None: no clipping
+    # policy optimiser (Adam on the logits)
+    policy_lr: float = 1e-2
+    policy_weight_decay: float = 0.0
+    # Gumbel-softmax temperature: tau_start * tau_decay ** (policy_step // tau_interval), >= tau_min
+    tau_start: float = 5.0
+    tau_decay: float = 0.965
+    tau_interval: int = 100
+    tau_min: float = 0.0
+    search_mode: str = "soft"  # gates of the weight steps: "soft" or "hard" (straight-through)
+    policy_mode: str = "soft"  # gates of the policy steps
+    # regularizers
+    lambda_policy: float = 5e-4
+    sharpness: float = 6.0
+    budget_target: float | None = None  # fraction of T separate backbones, in (0, 1]
+    budget_kind: str = "params"  # "params" or "flops"
+    budget_weight: float = 1.0
+    budget_mode: str = "max"  # "max": penalise above the target; "target": penalise any distance to it
+    # derivation and fine-tuning
+    derive: str = "argmax"  # "argmax" or "sample"
+    sample_k: int = 8
+    finetune_from: str = "supermodel"  # "supermodel" or "scratch"
+    # losses and data
+    weighting: str = "equal"
+    weighting_kwargs: dict[str, Any] = field(default_factory=dict)
+    split_fractions: tuple[float, float, float] = (0.4, 0.4, 0.2)
+    allow_missing: bool = True  # a batch without a task's label skips that task (else ValueError)
+    num_workers: int = 0
+    # run
+    seed: int = 0
+    device: str = "cpu"
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        def bad(name: str, want: str) -> ValueError:
+            return ValueError(f"SearchConfig.{name} must be {want}, got {getattr(self, name)!r}")
+
+        for name in ("warmup_steps", "search_iterations", "weight_steps_per_iter", "policy_steps_per_iter",
+                     "finetune_steps", "eval_every", "num_workers", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise bad(name, "an int >= 0")
+        for name in ("batch_size", "eval_batch_size", "tau_interval", "sample_k"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise bad(name, "an int >= 1")
+        if self.eval_batches is not None and (not isinstance(self.eval_batches, int) or self.eval_batches < 1):
+            raise bad("eval_batches", "None or an int >= 1")
+        for name in ("weight_lr", "policy_lr", "tau_start"):
+            if not _positive(getattr(self, name)):
+                raise bad(name, "a finite number > 0")
+        if self.finetune_lr is not None and not _positive(self.finetune_lr):
+            raise bad("finetune_lr", "None or a finite number > 0")
+        if self.grad_clip is not None and not _positive(self.grad_clip):
+            raise bad("grad_clip", "None or a finite number > 0")
+        for name in ("weight_momentum", "weight_decay", "policy_weight_decay", "lambda_policy", "sharpness",
+                     "budget_weight", "tau_min"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+                raise bad(name, "a finite number >= 0")
+        if not (isinstance(self.tau_decay, int | float) and 0 < self.tau_decay <= 1):
+            raise bad("tau_decay", "a number in (0, 1]")
+        if self.budget_target is not None:
+            t = self.budget_target
+            if isinstance(t, bool) or not isinstance(t, int | float) or not (0 < t <= 1):
+                raise bad("budget_target", "None or a fraction in (0, 1] of T separate backbones")
+        choices = {
+            "weight_optimizer": ("adam", "sgd"), "search_mode": ("soft", "hard"), "policy_mode": ("soft", "hard"),
+            "budget_kind": COST_KINDS, "budget_mode": BUDGET_MODES, "derive": ("argmax", "sample"),
+            "finetune_from": ("supermodel", "scratch"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise bad(name, f"one of {allowed}")
+        fr = self.split_fractions
+        if len(fr) != 3:
+            raise bad("split_fractions", "three fractions (weights, policy, val)")
+        if not isinstance(self.device, str | torch.device):
+            raise bad("device", "a device string such as 'cpu' or 'cuda'")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _positive(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v) and v > 0
+
+
+def temperature(policy_step: int, config: SearchConfig) -> float:
+    """τ after ``policy_step`` policy steps: ``max(tau_min, tau_start · tau_decay^(step // tau_interval))``."""
+    return max(config.tau_min, config.tau_start * config.tau_decay ** (policy_step // config.tau_interval))
+
+
+@dataclass
+class SearchResult:
+    """What :func:`search` returns: the architecture, the fine-tuned derived model and the logs.
+
+    ``history`` has one list of records per stage (``warmup``, ``search``, ``derive``,
+    ``finetune``) and ``val`` (validation losses and metrics at the end of every stage);
+    ``metrics`` and ``losses`` are the final validation metrics and mean losses per task.
+    """
+
+    architecture: Architecture
+    model: MultiTaskModel
+    supermodel: SuperModel
+    history: dict[str, list[dict[str, Any]]]
+    metrics: dict[str, dict[str, float]]
+    losses: dict[str, float]
+    config: SearchConfig
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+class _Stream:
+    """An endless iterator over a loader; ``new_epoch`` is set when a batch starts a new pass."""
+
+    def __init__(self, source: Iterable[Any], name: str) -> None:
+        self.source, self.name, self.epoch = source, name, 0
+        self.new_epoch = False
+        self._it: Iterator[Any] | None = None
+
+    def next(self) -> Any:
+        self.new_epoch = False
+        for _ in range(2):
+            if self._it is None:
+                self._it = iter(self.source)
+            try:
+                return next(self._it)
+            except StopIteration:
+                self._it = None
+                self.epoch += 1
+                self.new_epoch = True
+        raise ValueError(f"data: the '{self.name}' split yielded no batch")
+
+
+def _is_item(obj: Any) -> bool:
+    """Whether ``obj`` looks like one sample (so its container is a dataset, not three splits)."""
+    return isinstance(obj, Mapping) or (isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[1], Mapping))
+
+
+def _length(source: Any) -> int | None:
+    try:
+        return len(source)
+    except TypeError:
+        return None
+
+
+# --- evaluation ---------------------------------------------------------------------------------
+
+
+def _outputs(model: nn.Module, x: Any, names: Sequence[str], **kwargs: Any) -> dict[str, torch.Tensor]:
+    """``{task: output}`` of a SuperModel or a MultiTaskModel, for one input or one per task."""
+    if isinstance(model, SuperModel):
+        return model(x, **kwargs)
+    if isinstance(x, Mapping):
+        outs = model(*[x[t] for t in names])
+    else:
+        outs = model(x)
+    if isinstance(outs, Mapping):
+        return dict(outs)
+    return dict(zip(names, outs, strict=True))
+
+
+def _split_batch(batch: Any, names: Sequence[str], allow_missing: bool, device: torch.device
+                 ) -> tuple[Any, dict[str, torch.Tensor | None]]:
+    """``(inputs, {task: target or None})`` of either batch form, on ``device``."""
+    if isinstance(batch, Mapping):
+        missing = [t for t in names if t not in batch]
+        if missing:
+            raise ValueError(f"task '{missing[0]}': input: the multi-domain batch has no entry for this task "
+                             f"(it has {list(batch)})")
+        xs, ys = {}, {}
+        for t in names:
+            item = batch[t]
+            if not isinstance(item, tuple | list) or len(item) != 2:
+                raise ValueError(f"task '{t}': batch: expected (x_t, y_t), got {type(item).__name__}")
+            xs[t], ys[t] = item[0].to(device), item[1]
+        x: Any = xs
+    elif isinstance(batch, tuple | list) and len(batch) == 2 and isinstance(batch[1], Mapping):
+        x, ys = batch[0].to(device), dict(batch[1])
+    else:
+        raise ValueError("a batch must be (x, {task: y}) or {task: (x_t, y_t)}, got " + type(batch).__name__)
+    targets: dict[str, torch.Tensor | None] = {}
+    for t in names:
+        y = ys.get(t)
+        if y is None and not allow_missing:
+            raise ValueError(f"task '{t}': target: the batch has no label for this task and allow_missing=False")
+        targets[t] = y.to(device) if isinstance(y, torch.Tensor) else y
+    return x, targets
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    tasks: Mapping[str, Task],
+    data: Iterable[Any],
+    *,
+    architecture: Architecture | None = None,
+    mode: str = "fixed",
+    max_batches: int | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Mean loss and exact metrics per task of a SuperModel (``mode``, default ``fixed`` at
+    ``architecture``) or a MultiTaskModel over ``data``, in eval mode.
+
+    Returns ``{"loss": {task: mean of batch losses}, "metrics": {task: {...}}, "total": Σ losses}``.
+    """
+    names = list(tasks)
+    if isinstance(model, SuperModel):
+        if mode == "fixed" and architecture is None:
+            architecture = model.architecture()
+        kwargs: dict[str, Any] = {"mode": mode, "architecture": architecture if mode == "fixed" else None}
+    else:
+        kwargs = {}
+    was = model.training
+    model.eval()
+    acc = {t: tasks[t].metric_state() for t in names}
+    sums = dict.fromkeys(names, 0.0)
+    counts = dict.fromkeys(names, 0)
+    dev = torch.device(device)
+    try:
+        for i, batch in enumerate(data):
+            if max_batches is not None and i >= max_batches:
+                break
+            x, targets = _split_batch(batch, names, True, dev)
+            out = _outputs(model, x, names, **kwargs)
+            for t in names:
+                loss = tasks[t].loss(out[t], targets[t])
+                if loss is None:
+                    continue
+                sums[t] += float(loss)
+                counts[t] += 1
+                tasks[t].update(acc[t], out[t], targets[t])
+    finally:
+        model.train(was)
+    losses = {t: sums[t] / counts[t] if counts[t] else float("nan") for t in names}
+    return {
+        "loss": losses,
+        "metrics": {t: tasks[t].compute(acc[t]) for t in names},
+        "total": sum(v for v in losses.values() if not math.isnan(v)),
+    }
+
+
+# --- the searcher -------------------------------------------------------------------------------
+
+
+class Searcher:
+    """Runs the stages of the search on one SuperModel; each stage is a method that can run alone.
+
+    ``data`` is one dataset, split by :func:`automtl.data.split_dataset` into (weights, policy,
+    val) with ``config.split_fractions``, or a sequence of those three, each a ``Dataset`` or an
+    iterable of ready batches (a ``DataLoader``). ``tasks`` maps every task of the model to its
+    :class:`~automtl.tasks.Task` (or is a sequence of tasks, named by ``task.name``).
+    """
+
+    def __init__(
+        self,
+        model: SuperModel,
+        tasks: Mapping[str, Task] | Sequence[Task],
+        data: Any,
+        config: SearchConfig | None = None,
+    ) -> None:
+        self.config = config = config if config is not None else SearchConfig()
+        if not isinstance(model, SuperModel):
+            raise ValueError(f"model must be a SuperModel (automtl.build), not {type(model).__name__}")
+        self.model = model
+        self.names = list(model.task_names)
+        self.tasks = self._check_tasks(tasks)
+        self.device = torch.device(config.device)
+        torch.manual_seed(config.seed)
+        self.weights_data, self.policy_data, self.val_data = self._splits(data)
+        self.loaders = {
+            "weights": self._loader(self.weights_data, "weights", config.batch_size, True, 1),
+            "policy": self._loader(self.policy_data, "policy", config.batch_size, True, 2),
+            "val": self._loader(self.val_data, "val", config.eval_batch_size, False, 3),
+        }
+        self.multi_domain = isinstance(self._first_batch(), Mapping)
+        model.materialize()
+        model.to(self.device)
+        self.weighting = self._make_weighting()
+        self.weight_opt = self._weight_optimizer(list(model.weight_parameters()) + list(self.weighting.parameters()),
+                                                 config.weight_lr)
+        self.policy_opt = torch.optim.Adam(model.policy_parameters(), lr=config.policy_lr,
+                                           weight_decay=config.policy_weight_decay)
+        self.cost = CostModel(model, config.budget_kind, self.multi_domain)
+        self.depths = [c.depth for c in model.choices]
+        self.policy_step = 0
+        self.weight_step = 0
+        self.streams = {k: _Stream(v, k) for k, v in self.loaders.items() if k != "val"}
+        self.history: dict[str, list[dict[str, Any]]] = {s: [] for s in ("warmup", "search", "derive", "finetune",
+                                                                           "val")}
+        self.architecture: Architecture | None = None
+        self.derived: MultiTaskModel | None = None
+
+    # --- checks and set-up ----------------------------------------------------------------------
+    def _check_tasks(self, tasks: Any) -> dict[str, Task]:
+        if isinstance(tasks, Mapping):
+            given = dict(tasks)
+        elif isinstance(tasks, Sequence) and not isinstance(tasks, str):
+            given = {getattr(t, "name", None): t for t in tasks}
+        else:
+            raise ValueError(f"tasks must map task names to Task objects, not {type(tasks).__name__}")
+        for name in self.names:
+            if name not in given:
+                raise ValueError(f"task '{name}': loss: the model has a head for this task but no Task (with its "
+                                 f"loss) was given; given: {list(given)}")
+            for attr in ("loss", "metric_state", "update", "compute"):
+                if not callable(getattr(given[name], attr, None)):
+                    raise ValueError(f"task '{name}': {attr}: the task object {type(given[name]).__name__} has no "
+                                     f"{attr}() (use an automtl.tasks.Task)")
+        extra = [t for t in given if t not in self.names]
+        if extra:
+            raise ValueError(f"task '{extra[0]}': no head: the model's tasks are {self.names}")
+        return {t: given[t] for t in self.names}
+
+    def _splits(self, data: Any) -> tuple[Any, Any, Any]:
+        if isinstance(data, tuple | list) and len(data) == 3 and not any(_is_item(p) for p in data):
+            for name, part in zip(_SPLITS, data, strict=True):
+                if part is None or _length(part) == 0:
+                    raise ValueError(f"data: the '{name}' split is empty")
+            return tuple(data)  # type: ignore[return-value]
+        n = _length(data)
+        if n is None:
+            raise ValueError("data must be a dataset (split into weights/policy/val) or a (weights, policy, val) "
+                             f"sequence, not {type(data).__name__}")
+        if n == 0:
+            raise ValueError("data: the dataset is empty")
+        return split_dataset(data, self.config.split_fractions, seed=self.config.seed)
+
+    def _loader(self, part: Any, name: str, batch: int, shuffle: bool, offset: int) -> Iterable[Any]:
+        if not isinstance(part, Dataset):
+            return part
+        n = _length(part)
+        if n == 0:
+            raise ValueError(f"data: the '{name}' split is empty")
+        ignore = {}
+        for t, task in self.tasks.items():
+            with contextlib.suppress(NotImplementedError, AttributeError):
+                ignore[t] = task.missing_value
+        gen = torch.Generator().manual_seed(self.config.seed * 1000 + offset)
+        return DataLoader(part, batch_size=batch, shuffle=shuffle, generator=gen, collate_fn=make_collate(ignore),
+                          drop_last=shuffle and n is not None and n > batch, num_workers=self.config.num_workers)
+
+    def _first_batch(self) -> Any:
+        for batch in self.loaders["weights"]:
+            return batch
+        raise ValueError("data: the 'weights' split yielded no batch")
+
+    def _make_weighting(self) -> Weighting:
+        return get_weighting(self.config.weighting, self.names, **self.config.weighting_kwargs).to(self.device)
+
+    def _weight_optimizer(self, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        c = self.config
+        if c.weight_optimizer == "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=c.weight_momentum, weight_decay=c.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=c.weight_decay)
+
+    def _bar(self, total: int, desc: str) -> Any:
+        if self.config.quiet or total == 0:
+            return None
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return None
+        return tqdm(total=total, desc=desc, leave=False)
+
+    # --- steps ----------------------------------------------------------------------------------
+    def tau(self) -> float:
+        """The current Gumbel-softmax temperature."""
+        return temperature(self.policy_step, self.config)
+
+    def _task_losses(self, out: Mapping[str, torch.Tensor], targets: Mapping[str, Any],
+                     step: int) -> dict[str, torch.Tensor | None]:
+        losses: dict[str, torch.Tensor | None] = {}
+        for t in self.names:
+            loss = self.tasks[t].loss(out[t], targets[t])
+            if loss is not None:
+                check_finite(t, loss, step)
+            losses[t] = loss
+        return losses
+
+    @contextlib.contextmanager
+    def _only(self, trainable: Sequence[nn.Parameter]) -> Iterator[None]:
+        """Gradients for ``trainable`` only: the other parameters are frozen for the step."""
+        keep = {id(p) for p in trainable}
+        frozen = [p for p in list(self.model.parameters()) + list(self.weighting.parameters())
+                  if id(p) not in keep and p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+
+    def _weight_step(self, stream: _Stream, mode: str) -> dict[str, Any] | None:
+        """One optimiser step of the weights (and learnable loss weights) on one batch."""
+        step = self.weight_step
+        x, targets = _split_batch(stream.next(), self.names, self.config.allow_missing, self.device)
+        if stream.new_epoch:  # the previous pass over the weights split is complete (DWA)
+            _epoch_end(self.weighting)
+        self.model.train()
+        self.weighting.train()
+        with self._only(self.model.weight_parameters() + list(self.weighting.parameters())):
+            out = self.model(x, mode=mode, tau=self.tau())
+            losses = self._task_losses(out, targets, step)
+            self.weight_step += 1
+            if all(v is None for v in losses.values()):
+                return None
+            total = self.weighting.combine(losses, step=step)
+            self.weight_opt.zero_grad(set_to_none=True)
+            total.backward()
+            if self.config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.weight_parameters(), self.config.grad_clip)
+            self.weight_opt.step()
+        return {"step": step, "loss": _floats(losses), "total": float(total.detach())}
+
+    def _policy_step(self, stream: _Stream) -> dict[str, Any]:
+        """One Adam step of the logits on one batch of the policy split, regularizers included."""
+        c = self.config
+        step = self.policy_step
+        x, targets = _split_batch(stream.next(), self.names, c.allow_missing, self.device)
+        self.model.train()
+        self.weighting.eval()  # policy losses do not feed epoch statistics (DWA)
+        tau = self.tau()
+        with self._only(self.model.policy_parameters()):
+            out = self.model(x, mode=c.policy_mode, tau=tau)
+            losses = self._task_losses(out, targets, step)
+            probs = self.model.policy.probabilities()
+            reg = sharing_regularizer(probs, self.depths, c.sharpness) if self.model.choices else probs.sum() * 0
+            if c.budget_target is not None:
+                ratio = self.cost.ratio(probs)
+                budget = budget_penalty(ratio, c.budget_target, c.budget_weight, c.budget_mode)
+            else:
+                with torch.no_grad():
+                    ratio = self.cost.ratio(probs) if c.budget_kind == "params" else probs.new_zeros(())
+                budget = probs.new_zeros(())
+            present = [v for v in losses.values() if v is not None]
+            task_total = self.weighting.combine(losses, step=step) if present else probs.sum() * 0
+            total = task_total + c.lambda_policy * reg + budget
+            self.policy_opt.zero_grad(set_to_none=True)
+            total.backward()
+            self.policy_opt.step()
+        self.policy_step += 1
+        return {"step": step, "tau": tau, "loss": _floats(losses), "total": float(total.detach()),
+                "sharing": float(reg.detach()), "budget": float(budget.detach()), "cost_ratio": float(ratio.detach())}
+
+    # --- stages ---------------------------------------------------------------------------------
+    def warmup(self, steps: int | None = None) -> list[dict[str, Any]]:
+        """Train the weights with every branch mixed uniformly, then copy shared into specific."""
+        steps = self.config.warmup_steps if steps is None else steps
+        log = self.history["warmup"]
+        bar = self._bar(steps, "warm-up")
+        for i in range(steps):
+            rec = self._weight_step(self.streams["weights"], "warmup")
+            if rec is not None:
+                log.append(rec)
+            self._maybe_validate("warmup", i, steps, mode="warmup")
+            _tick(bar, rec)
+        _close(bar)
+        self.model.fill_specific()
+        return log
+
+    def search(self, iterations: int | None = None) -> list[dict[str, Any]]:
+        """Alternate N weight steps (weights split) and M policy steps (policy split), annealing τ."""
+        c = self.config
+        iterations = c.search_iterations if iterations is None else iterations
+        mixed = self.model.mixed_modules()
+        if mixed and not bool(mixed[0].filled):
+            self.model.fill_specific()  # searching without warm-up: specific branches start as copies
+        log = self.history["search"]
+        bar = self._bar(iterations, "search")
+        for i in range(iterations):
+            rec = None
+            for _ in range(c.weight_steps_per_iter):
+                rec = self._weight_step(self.streams["weights"], c.search_mode)
+                if rec is not None:
+                    log.append({"iteration": i, "phase": "weights", "tau": self.tau(), **rec})
+            for _ in range(c.policy_steps_per_iter):
+                rec = self._policy_step(self.streams["policy"])
+                if rec is not None:
+                    log.append({"iteration": i, "phase": "policy", **rec})
+            self._maybe_validate("search", i, iterations, mode="fixed")
+            _tick(bar, rec)
+        _close(bar)
+        return log
+
+    def derive(self, method: str | None = None, k: int | None = None) -> Architecture:
+        """The searched architecture: ``argmax`` of the policy, or the best on validation of the argmax
+        and ``k`` sampled candidates (``sample``; candidates over the budget are dropped first).
+
+        With a budget, the choice is then fitted to it (:func:`~automtl.regularizers.fit_to_budget`):
+        brought under the target (``budget_mode="max"``), or as close below it as single switches
+        allow (``"target"``), giving up the least policy probability per unit of cost.
+        """
+        c = self.config
+        method = c.derive if method is None else method
+        k = c.sample_k if k is None else k
+        if method not in ("argmax", "sample"):
+            raise ValueError(f"derive method must be 'argmax' or 'sample', not {method!r}")
+        best = self.model.architecture()
+        log = self.history["derive"]
+        with torch.no_grad():
+            probs = self.model.policy.probabilities().detach().cpu()
+        if method == "sample":
+            gen = torch.Generator().manual_seed(c.seed * 1000 + 7)
+            cands = [best]
+            flat = probs.reshape(-1, probs.shape[-1])
+            for _ in range(k):
+                pick = torch.multinomial(flat, 1, generator=gen).view(probs.shape[:-1])
+                arch = self.model.architecture_from_indices(pick)
+                if all(arch.choices != other.choices for other in cands):
+                    cands.append(arch)
+            scored = []
+            for arch in cands:
+                ratio = float(self.cost.ratio(self._one_hot(arch)))
+                within = c.budget_target is None or ratio <= c.budget_target
+                ev = evaluate(self.model, self.tasks, self.loaders["val"], architecture=arch,
+                              max_batches=c.eval_batches, device=self.device)
+                scored.append((not within, ev["total"], len(scored), arch, ratio))
+                log.append({"candidate": len(scored) - 1, "val_loss": ev["total"], "cost_ratio": ratio,
+                            "within_budget": within, "shared_fraction": arch.shared_fraction()})
+            best = min(scored, key=lambda s: s[:3])[3]
+        ratio = float(self.cost.ratio(self._one_hot(best)))
+        record: dict[str, Any] = {"method": method, "unfitted_cost_ratio": ratio,
+                                  "expected_cost_ratio": float(self.cost.ratio(probs.double()))}
+        if c.budget_target is not None and self.model.choices:
+            pick = fit_to_budget(probs, self.model.architecture_tensor(best), self._pick_ratio, c.budget_target,
+                                 fill=c.budget_mode == "target")
+            best = self.model.architecture_from_indices(pick)
+            ratio = self._pick_ratio(pick)
+        log.append({**record, "chosen": best.to_dict(), "cost_ratio": ratio,
+                    "shared_fraction": best.shared_fraction()})
+        self.architecture = best
+        return best
+
+    def _one_hot(self, arch: Architecture) -> torch.Tensor:
+        return torch.nn.functional.one_hot(self.model.architecture_tensor(arch), 3).double()
+
+    def _pick_ratio(self, pick: torch.Tensor) -> float:
+        """Cost ratio of the architecture with branch indices ``pick`` ``(T, V)`` (exact for params)."""
+        with torch.no_grad():
+            return float(self.cost.ratio(torch.nn.functional.one_hot(pick, 3).double()))
+
+    def build_derived(self, architecture: Architecture | None = None, from_: str | None = None) -> MultiTaskModel:
+        """The derived model of ``architecture`` (default: the searched one), with the supermodel's
+        weights or freshly initialised ones (``from_="scratch"``)."""
+        arch = architecture if architecture is not None else (self.architecture or self.derive())
+        from_ = self.config.finetune_from if from_ is None else from_
+        if from_ not in ("supermodel", "scratch"):
+            raise ValueError(f"finetune_from must be 'supermodel' or 'scratch', not {from_!r}")
+        model = derive(self.model, arch, multi_domain=self.multi_domain).to(self.device)
+        if from_ == "scratch":
+            torch.manual_seed(self.config.seed + 1)
+            for m in model.modules():
+                if m is not model and callable(getattr(m, "reset_parameters", None)):
+                    m.reset_parameters()
+        return model
+
+    def finetune(self, architecture: Architecture | None = None, steps: int | None = None,
+                 from_: str | None = None) -> MultiTaskModel:
+        """Train the derived model of ``architecture`` on the weights and policy splits together.
+
+        The history of this call replaces ``history["finetune"]``; the model is also kept as
+        ``self.derived`` when ``architecture`` is the searched one.
+        """
+        c = self.config
+        steps = c.finetune_steps if steps is None else steps
+        searched = architecture is None
+        model = self.build_derived(architecture, from_)
+        stream = _Stream(self._train_source(), "weights+policy")
+        weighting = self._make_weighting()
+        opt = self._weight_optimizer(list(model.parameters()) + list(weighting.parameters()),
+                                     c.finetune_lr or c.weight_lr)
+        log: list[dict[str, Any]] = []
+        self.history["finetune"] = log
+        bar = self._bar(steps, "fine-tune")
+        model.train()
+        weighting.train()
+        for step in range(steps):
+            x, targets = _split_batch(stream.next(), self.names, c.allow_missing, self.device)
+            if stream.new_epoch:
+                _epoch_end(weighting)
+            out = _outputs(model, x, self.names)
+            losses = self._task_losses(out, targets, step)
+            rec = None
+            if any(v is not None for v in losses.values()):
+                total = weighting.combine(losses, step=step)
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                if c.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+                opt.step()
+                rec = {"step": step, "loss": _floats(losses), "total": float(total.detach())}
+                log.append(rec)
+            if c.eval_every and (step + 1) % c.eval_every == 0 and step + 1 < steps:
+                self._record_val("finetune", step, evaluate(model, self.tasks, self.loaders["val"],
+                                                            max_batches=c.eval_batches, device=self.device))
+            _tick(bar, rec)
+        _close(bar)
+        model.eval()
+        if searched:
+            self.derived = model
+        return model
+
+    def _train_source(self) -> Iterable[Any]:
+        w, p = self.weights_data, self.policy_data
+        if isinstance(w, Dataset) and isinstance(p, Dataset):
+            return self._loader(ConcatDataset([w, p]), "weights+policy", self.config.batch_size, True, 4)
+        return _Chain([self.loaders["weights"], self.loaders["policy"]])
+
+    def validate(self, model: nn.Module | None = None, architecture: Architecture | None = None,
+                 mode: str = "fixed") -> dict[str, Any]:
+        """Validation losses and metrics of ``model`` (default: the fine-tuned model, else the
+        supermodel in ``mode``, at ``architecture`` or its argmax when fixed)."""
+        target = model if model is not None else (self.derived if self.derived is not None else self.model)
+        return evaluate(target, self.tasks, self.loaders["val"], architecture=architecture, mode=mode,
+                        max_batches=self.config.eval_batches, device=self.device)
+
+    def run(self) -> SearchResult:
+        """Warm-up, search, derive and fine-tune, then validate the fine-tuned model."""
+        self.warmup()
+        self._record_val("warmup", self.weight_step, self.validate(self.model, mode="warmup"))
+        self.search()
+        arch = self.derive()
+        self._record_val("search", self.policy_step, self.validate(self.model, arch))
+        model = self.finetune()
+        final = self.validate(model)
+        self._record_val("finetune", self.config.finetune_steps, final)
+        return SearchResult(arch, model, self.model, self.history, final["metrics"], final["loss"], self.config)
+
+    # --- logging --------------------------------------------------------------------------------
+    def _maybe_validate(self, stage: str, i: int, total: int, mode: str) -> None:
+        every = self.config.eval_every
+        if every and (i + 1) % every == 0 and i + 1 < total:
+            arch = self.model.architecture() if mode == "fixed" else None
+            ev = evaluate(self.model, self.tasks, self.loaders["val"], architecture=arch, mode=mode,
+                          max_batches=self.config.eval_batches, device=self.device)
+            self._record_val(stage, i, ev)
+
+    def _record_val(self, stage: str, step: int, ev: dict[str, Any]) -> None:
+        self.history["val"].append({"stage": stage, "step": step, **copy.deepcopy(ev)})
+
+
+class _Chain:
+    """Iterates several loaders one after the other (one pass of each)."""
+
+    def __init__(self, parts: list[Iterable[Any]]) -> None:
+        self.parts = parts
+
+    def __iter__(self) -> Iterator[Any]:
+        for part in self.parts:
+            yield from part
+
+    def __len__(self) -> int:
+        return sum(_length(p) or 0 for p in self.parts)
+
+
+def _epoch_end(weighting: Weighting) -> None:
+    with contextlib.suppress(ValueError):  # a strategy that saw no loss this epoch keeps its weights
+        weighting.epoch_end()
+
+
+def _floats(losses: Mapping[str, torch.Tensor | None]) -> dict[str, float | None]:
+    return {t: (None if v is None else float(v.detach())) for t, v in losses.items()}
+
+
+def _tick(bar: Any, rec: dict[str, Any] | None) -> None:
+    if bar is None:
+        return
+    if rec is not None:
+        bar.set_postfix(loss=f"{rec['total']:.4g}", refresh=False)
+    bar.update(1)
+
+
+def _close(bar: Any) -> None:
+    if bar is not None:
+        bar.close()
+
+
+def search(
+    model: SuperModel,
+    tasks: Mapping[str, Task] | Sequence[Task],
+    data: Any,
+    config: SearchConfig | None = None,
+    **overrides: Any,
+) -> SearchResult:
+    """Run the whole search (warm-up, policy search, derive, fine-tune) and return a :class:`SearchResult`.
+
+    ``overrides`` replace fields of ``config`` (``search(m, tasks, ds, warmup_steps=10)``).
+    """
+    config = config if config is not None else SearchConfig()
+    if overrides:
+        unknown = [k for k in overrides if k not in SearchConfig.__dataclass_fields__]
+        if unknown:
+            raise ValueError(f"unknown SearchConfig field(s) {unknown}")
+        config = SearchConfig(**{**config.to_dict(), **overrides})
+    return Searcher(model, tasks, data, config).run()
