@@ -5,11 +5,11 @@ from .architecture import Architecture
 from .compiler.errors import CompileError
 from .compiler.ir import Graph, Node
 from .derive import MultiTaskModel
-from .search import SearchConfig, SearchResult, Searcher, search
+from .search import SearchConfig, SearchResult, Searcher
 from .supermodel import SuperModel, build
 
 __all__ = [
     "Architecture", "CompileError", "Graph", "MultiTaskModel", "Node", "SearchConfig", "SearchResult", "Searcher",
-    "SuperModel", "build", "compile", "search",
+    "SuperModel", "build", "compile",
 ]
 __version__ = "0.1.0"
