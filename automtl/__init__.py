@@ -5,7 +5,7 @@ from .architecture import Architecture
 from .compiler.errors import CompileError
 from .compiler.ir import Graph, Node
 from .derive import MultiTaskModel
-from .search import SearchConfig, SearchResult, Searcher
+from .search import SearchConfig, Searcher, SearchResult
 from .supermodel import SuperModel, build
 
 __all__ = [

@@ -247,14 +247,24 @@ class TaskBatchNorm(nn.Module):
                     var, mean = torch.var_mean(xv, dim=(1, 3), unbiased=False)
                     self._update(g, mean.expand(T, C), self._unbiased(var, xv).expand(T, C))
                 return F.batch_norm(x, None, None, weight[0], bias[0], True, 0.0, self.eps)
-            # Every task by its own batch statistics, all tasks in one pass: y = x * scale + shift.
-            var, mean = torch.var_mean(xv, dim=(1, 3), unbiased=False, keepdim=True)  # (groups, 1, C, 1)
+            if shared_input:  # the same statistics for every task: normalise once, then T affine maps
+                with torch.no_grad():
+                    var, mean = torch.var_mean(xv, dim=(1, 3), unbiased=False)
+                    self._update(g, mean.expand(T, C), self._unbiased(var, xv).expand(T, C))
+                xhat = F.batch_norm(x, None, None, None, None, True, 0.0, self.eps)
+                y = torch.addcmul(bias.view(T, 1, C, 1), xhat.reshape(1, n, C, -1), weight.view(T, 1, C, 1))
+                return y.reshape(T * n, *x.shape[1:])
+            # stacked: every task by its own batch statistics, with torch's fused batch norm per task
+            xs = x.chunk(T)
+            if self.branches == ("specific",):  # statistics per task: torch updates them in place
+                rm, rv = self.specific_running_mean, self.specific_running_var
+                return torch.cat([F.batch_norm(xs[t], rm[t], rv[t], weight[t], bias[t], True, self.momentum, self.eps)
+                                  for t in range(T)])
             with torch.no_grad():
-                self._update(g, mean.view(groups, C).expand(T, C), self._unbiased(var, xv).view(groups, C).expand(T, C))
-            scale = weight.view(T, 1, C, 1) * torch.rsqrt(var + self.eps)
-            shift = bias.view(T, 1, C, 1) - mean * scale
-            y = torch.addcmul(shift, xv, scale)
-            return y.reshape(T * n, *x.shape[1:])
+                var, mean = torch.var_mean(xv, dim=(1, 3), unbiased=False)
+                self._update(g, mean, self._unbiased(var, xv))
+            return torch.cat([F.batch_norm(xs[t], None, None, weight[t], bias[t], True, 0.0, self.eps)
+                              for t in range(T)])
         # evaluation: one affine map per task from each branch's running statistics
         scale = None
         shift = None

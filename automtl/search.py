@@ -4,6 +4,8 @@
 >>> result.architecture, result.model, result.metrics
 
 Each stage is a method of :class:`Searcher` and can run alone; :func:`search` chains them.
+``Searcher.run(stop_after=k, checkpoint=path)`` stops after ``k`` steps and saves a checkpoint;
+``Searcher.resume(path, model, tasks, data).run()`` goes on bit for bit (:mod:`automtl.checkpoint`).
 
 * warm-up: weights only, every branch mixed uniformly (``mode="warmup"``); ends with
   ``model.fill_specific()`` so every task's specific branch starts from the trained shared one;
@@ -28,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -184,25 +187,66 @@ class SearchResult:
 
 
 class _Stream:
-    """An endless iterator over a loader; ``new_epoch`` is set when a batch starts a new pass."""
+    """An endless iterator over a loader; ``new_epoch`` is set when a batch starts a new pass.
+
+    It counts the batches consumed in the current pass (``pos``) and keeps the loader's generator
+    state from the start of the pass, so :meth:`state` / :meth:`restore` resume the exact order.
+    """
 
     def __init__(self, source: Iterable[Any], name: str) -> None:
         self.source, self.name, self.epoch = source, name, 0
         self.new_epoch = False
+        self.pos = 0
+        self._start: torch.Tensor | None = None  # generator state when the current pass began
         self._it: Iterator[Any] | None = None
+
+    def _generator(self) -> torch.Generator | None:
+        g = getattr(self.source, "generator", None)
+        return g if isinstance(g, torch.Generator) else None
 
     def next(self) -> Any:
         self.new_epoch = False
         for _ in range(2):
             if self._it is None:
+                g = self._generator()
+                self._start = g.get_state() if g is not None else None
                 self._it = iter(self.source)
+                self.pos = 0
             try:
-                return next(self._it)
+                batch = next(self._it)
             except StopIteration:
                 self._it = None
                 self.epoch += 1
                 self.new_epoch = True
+            else:
+                self.pos += 1
+                return batch
         raise ValueError(f"data: the '{self.name}' split yielded no batch")
+
+    def state(self) -> dict[str, Any]:
+        """Epoch, position in the pass and generator states (at the pass start and now)."""
+        g = self._generator()
+        return {"epoch": self.epoch, "pos": self.pos, "active": self._it is not None, "start": self._start,
+                "now": g.get_state() if g is not None else None}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Re-open the saved pass and skip the ``pos`` batches it had already consumed."""
+        g = self._generator()
+        self.epoch, self.new_epoch, self._it, self.pos = int(state["epoch"]), False, None, 0
+        if state["active"]:
+            if g is not None and state["start"] is not None:
+                g.set_state(state["start"])
+            self._start = state["start"]
+            self._it = iter(self.source)
+            for _ in range(int(state["pos"])):
+                try:
+                    next(self._it)
+                except StopIteration:
+                    raise ValueError(f"checkpoint: the '{self.name}' split has fewer batches than the saved "
+                                     f"position {state['pos']} (was the data changed?)") from None
+                self.pos += 1
+        if g is not None and state["now"] is not None:
+            g.set_state(state["now"])
 
 
 def _is_item(obj: Any) -> bool:
@@ -363,6 +407,7 @@ class Searcher:
                                                                            "val")}
         self.architecture: Architecture | None = None
         self.derived: MultiTaskModel | None = None
+        self.progress: dict[str, Any] = {"stage": "warmup", "step": 0}  # where run() goes on
 
     # --- checks and set-up ----------------------------------------------------------------------
     def _check_tasks(self, tasks: Any) -> dict[str, Task]:
@@ -427,14 +472,14 @@ class Searcher:
             return torch.optim.SGD(params, lr=lr, momentum=c.weight_momentum, weight_decay=c.weight_decay)
         return torch.optim.Adam(params, lr=lr, weight_decay=c.weight_decay)
 
-    def _bar(self, total: int, desc: str) -> Any:
+    def _bar(self, total: int, desc: str, initial: int = 0) -> Any:
         if self.config.quiet or total == 0:
             return None
         try:
             from tqdm.auto import tqdm
         except ImportError:
             return None
-        return tqdm(total=total, desc=desc, leave=False)
+        return tqdm(total=total, desc=desc, leave=False, initial=initial)
 
     # --- steps ----------------------------------------------------------------------------------
     def tau(self) -> float:
@@ -521,41 +566,61 @@ class Searcher:
     def warmup(self, steps: int | None = None) -> list[dict[str, Any]]:
         """Train the weights with every branch mixed uniformly, then copy shared into specific."""
         steps = self.config.warmup_steps if steps is None else steps
+        self._warmup(0, steps, steps)
+        return self.history["warmup"]
+
+    def _warmup(self, start: int, stop: int, steps: int) -> None:
+        """Warm-up steps ``start .. stop - 1`` of ``steps``; the last one also fills the specific branches."""
         log = self.history["warmup"]
-        bar = self._bar(steps, "warm-up")
-        for i in range(steps):
+        bar = self._bar(steps, "warm-up", start)
+        for i in range(start, stop):
             rec = self._weight_step(self.streams["weights"], "warmup")
             if rec is not None:
                 log.append(rec)
             self._maybe_validate("warmup", i, steps, mode="warmup")
             _tick(bar, rec)
         _close(bar)
-        self.model.fill_specific()
-        return log
+        if stop == steps:
+            self.model.fill_specific()
 
     def search(self, iterations: int | None = None) -> list[dict[str, Any]]:
         """Alternate N weight steps (weights split) and M policy steps (policy split), annealing τ."""
+        iterations = self.config.search_iterations if iterations is None else iterations
+        self._search(0, iterations * self._steps_per_iter(), iterations)
+        return self.history["search"]
+
+    def _steps_per_iter(self) -> int:
+        return self.config.weight_steps_per_iter + self.config.policy_steps_per_iter
+
+    def _search(self, start: int, stop: int, iterations: int) -> None:
+        """Search steps ``start .. stop - 1`` (weight and policy steps counted alike) of ``iterations`` rounds."""
         c = self.config
-        iterations = c.search_iterations if iterations is None else iterations
         mixed = self.model.mixed_modules()
         if mixed and not bool(mixed[0].filled):
             self.model.fill_specific()  # searching without warm-up: specific branches start as copies
         log = self.history["search"]
-        bar = self._bar(iterations, "search")
-        for i in range(iterations):
-            rec = None
-            for _ in range(c.weight_steps_per_iter):
+        per = self._steps_per_iter()
+        if per == 0:  # nothing to train; validate as the rounds would
+            for i in range(iterations):
+                self._maybe_validate("search", i, iterations, mode="fixed")
+            return
+        bar = self._bar(iterations, "search", start // per)
+        rec = None
+        for u in range(start, stop):
+            i, j = divmod(u, per)
+            if j == 0:
+                rec = None
+            if j < c.weight_steps_per_iter:
                 rec = self._weight_step(self.streams["weights"], c.search_mode)
                 if rec is not None:
                     log.append({"iteration": i, "phase": "weights", "tau": self.tau(), **rec})
-            for _ in range(c.policy_steps_per_iter):
+            else:
                 rec = self._policy_step(self.streams["policy"])
-                if rec is not None:
-                    log.append({"iteration": i, "phase": "policy", **rec})
-            self._maybe_validate("search", i, iterations, mode="fixed")
-            _tick(bar, rec)
+                log.append({"iteration": i, "phase": "policy", **rec})
+            if j == per - 1:
+                self._maybe_validate("search", i, iterations, mode="fixed")
+                _tick(bar, rec)
         _close(bar)
-        return log
 
     def derive(self, method: str | None = None, k: int | None = None) -> Architecture:
         """The searched architecture: ``argmax`` of the policy, or the best on validation of the argmax
@@ -689,17 +754,83 @@ class Searcher:
         return evaluate(target, self.tasks, self.loaders["val"], architecture=architecture, mode=mode,
                         max_batches=self.config.eval_batches, device=self.device)
 
-    def run(self) -> SearchResult:
-        """Warm-up, search, derive and fine-tune, then validate the fine-tuned model."""
-        self.warmup()
-        self._record_val("warmup", self.weight_step, self.validate(self.model, mode="warmup"))
-        self.search()
+    def run(self, stop_after: int | None = None, checkpoint: str | os.PathLike[str] | None = None
+            ) -> SearchResult | None:
+        """Warm-up, search, derive and fine-tune, then validate the fine-tuned model.
+
+        The run continues from ``self.progress`` (a fresh searcher: the start; a resumed one: where
+        its checkpoint stopped). With ``stop_after=k`` it stops once ``k`` steps of warm-up and
+        search are done in all (weight and policy steps alike, counted from the very start), saves
+        a checkpoint to ``checkpoint`` when given and returns ``None``; :meth:`resume` continues it.
+        """
+        c = self.config
+        totals = {"warmup": c.warmup_steps, "search": c.search_iterations * self._steps_per_iter()}
+        while self.progress["stage"] in totals:
+            stage, start = self.progress["stage"], int(self.progress["step"])
+            total = totals[stage]
+            offset = 0 if stage == "warmup" else totals["warmup"]
+            stop = total if stop_after is None else min(total, max(stop_after - offset, start))
+            if stage == "warmup":
+                self._warmup(start, stop, total)
+            else:
+                self._search(start, stop, c.search_iterations)
+            self.progress = {"stage": stage, "step": stop}
+            if stop == total:
+                if stage == "warmup":
+                    self._record_val("warmup", self.weight_step, self.validate(self.model, mode="warmup"))
+                self.progress = {"stage": "search" if stage == "warmup" else "derive", "step": 0}
+            if stop_after is not None and self.steps_done() >= stop_after:
+                if checkpoint is not None:
+                    self.save_checkpoint(checkpoint)
+                return None
         arch = self.derive()
         self._record_val("search", self.policy_step, self.validate(self.model, arch))
         model = self.finetune()
         final = self.validate(model)
         self._record_val("finetune", self.config.finetune_steps, final)
+        self.progress = {"stage": "done", "step": 0}
         return SearchResult(arch, model, self.model, self.history, final["metrics"], final["loss"], self.config)
+
+    def steps_done(self) -> int:
+        """Warm-up and search steps that :meth:`run` has completed (weight and policy steps alike)."""
+        c = self.config
+        warm, srch = c.warmup_steps, c.search_iterations * self._steps_per_iter()
+        stage, step = self.progress["stage"], int(self.progress["step"])
+        return {"warmup": step, "search": warm + step}.get(stage, warm + srch)
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything an exact resume needs (see :mod:`automtl.checkpoint`); tensors are not copied."""
+        from .checkpoint import searcher_state
+
+        return searcher_state(self)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; ``ValueError`` when it comes from another format or config."""
+        from .checkpoint import load_searcher_state
+
+        load_searcher_state(self, state)
+
+    def save_checkpoint(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`state_dict` to ``path`` (atomically: a temporary file, then a rename)."""
+        from .checkpoint import save
+
+        save(self.state_dict(), path)
+
+    @classmethod
+    def resume(cls, path: str | os.PathLike[str], model: SuperModel, tasks: Mapping[str, Task] | Sequence[Task],
+               data: Any, config: SearchConfig | None = None) -> Searcher:
+        """A searcher on ``model``/``tasks``/``data`` restored from the checkpoint at ``path``.
+
+        ``config`` defaults to the checkpoint's; a given one must match it (but for ``quiet``,
+        ``device`` and ``num_workers``). Call :meth:`run` to continue.
+        """
+        from .checkpoint import load, saved_config
+
+        state = load(path)
+        searcher = cls(model, tasks, data, config if config is not None else saved_config(state))
+        searcher.load_state_dict(state)
+        return searcher
 
     # --- logging --------------------------------------------------------------------------------
     def _maybe_validate(self, stage: str, i: int, total: int, mode: str) -> None:
