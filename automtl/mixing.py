@@ -132,7 +132,8 @@ class MixedOp(nn.Module):
             w = (g[:, 0:1] + g[:, 1:2]) * flat
         if self.skip == "identity":  # + g_skip at the identity's positions
             idx = self.identity_index
-            w = w.index_add(1, idx, g[:, 2:3].to(w.dtype).expand(T, idx.numel()))
+            # in place: w is a fresh intermediate that no backward formula reads
+            w = w.index_add_(1, idx, g[:, 2:3].to(w.dtype).expand(T, idx.numel()))
         elif self.skip == "projection":
             w = torch.addcmul(w, g[:, 2:3], self.projection_kernel())
         b = None
@@ -161,10 +162,10 @@ class MixedOp(nn.Module):
             xg = x.view(T, n, *x.shape[1:]).transpose(0, 1).reshape(n, -1, *x.shape[2:])
             y = F.conv2d(xg, w.flatten(0, 1), None if b is None else b.flatten(), groups=T * self.groups, **conv)
             return y.view(n, T, -1, *y.shape[2:]).transpose(0, 1).reshape(T * n, -1, *y.shape[2:])
-        xs = x.chunk(T)
-        return torch.cat(
-            [F.conv2d(xs[t], w[t], None if b is None else b[t], groups=self.groups, **conv) for t in range(T)]
-        )
+        # unbind, not w[t]: its backward stacks the T gradients once instead of T full-size zero fills
+        xs, ws = x.chunk(T), w.unbind(0)
+        bs = [None] * T if b is None else b.unbind(0)
+        return torch.cat([F.conv2d(xs[t], ws[t], bs[t], groups=self.groups, **conv) for t in range(T)])
 
     def _linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, shared_input: bool) -> torch.Tensor:
         T = self.tasks
@@ -255,16 +256,15 @@ class TaskBatchNorm(nn.Module):
                 y = torch.addcmul(bias.view(T, 1, C, 1), xhat.reshape(1, n, C, -1), weight.view(T, 1, C, 1))
                 return y.reshape(T * n, *x.shape[1:])
             # stacked: every task by its own batch statistics, with torch's fused batch norm per task
-            xs = x.chunk(T)
+            xs, ws, bs = x.chunk(T), weight.unbind(0), bias.unbind(0)
             if self.branches == ("specific",):  # statistics per task: torch updates them in place
                 rm, rv = self.specific_running_mean, self.specific_running_var
-                return torch.cat([F.batch_norm(xs[t], rm[t], rv[t], weight[t], bias[t], True, self.momentum, self.eps)
+                return torch.cat([F.batch_norm(xs[t], rm[t], rv[t], ws[t], bs[t], True, self.momentum, self.eps)
                                   for t in range(T)])
             with torch.no_grad():
                 var, mean = torch.var_mean(xv, dim=(1, 3), unbiased=False)
                 self._update(g, mean, self._unbiased(var, xv))
-            return torch.cat([F.batch_norm(xs[t], None, None, weight[t], bias[t], True, 0.0, self.eps)
-                              for t in range(T)])
+            return torch.cat([F.batch_norm(xs[t], None, None, ws[t], bs[t], True, 0.0, self.eps) for t in range(T)])
         # evaluation: one affine map per task from each branch's running statistics
         scale = None
         shift = None
