@@ -21,7 +21,7 @@ import torch.fx as fx
 from torch import nn
 
 from .architecture import Architecture
-from .compiler.codegen import build_module, codegen
+from .compiler.codegen import build_module, codegen, node_modules
 from .compiler.ir import Graph, Node
 from .compiler.passes import infer
 
@@ -61,7 +61,7 @@ class MultiTaskModel(nn.Module):
         """Params and FLOPs of all tasks together and per task, against T separate backbones,
         and which tasks share each operator."""
         per_task: dict[str, dict[str, int]] = {}
-        modules = _modules_of(self.net, self.graph)
+        modules = node_modules(self.net)
         for i, task in enumerate(self.task_names):
             nodes = self._ancestors(self.graph.outputs[i])
             per_task[task] = {
@@ -94,7 +94,7 @@ class MultiTaskModel(nn.Module):
     # --- persistence ----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Architecture, graph and weights in one file; :meth:`load` rebuilds without the supermodel."""
-        bare = _strip_tensors(self.graph)
+        bare = self.graph.copy(tensors=False)
         torch.save(
             {"format": FORMAT, "architecture": self.architecture.to_dict(), "graph": bare,
              "tasks": self.task_names, "baseline": self.baseline, "state_dict": self.net.state_dict()},
@@ -113,26 +113,6 @@ class MultiTaskModel(nn.Module):
         return cls(graph, net, data["tasks"], Architecture.from_dict(data["architecture"]), data["baseline"])
 
 
-def _modules_of(net: fx.GraphModule, graph: Graph) -> dict[str, nn.Module]:
-    """Each IR node's submodule of ``net``, found by the names codegen gave them (in graph order)."""
-    from .compiler.codegen import attr_name
-    from .compiler.ops import get as op_kind
-
-    taken: set[str] = set()
-    found: dict[str, nn.Module] = {}
-    for node in graph:
-        if node.kind == "input":
-            attr_name(node.name, taken)  # placeholders take names too
-            continue
-        if node.kind == "opaque":
-            has_module = isinstance(node.attrs.get("target"), nn.Module)
-        else:
-            has_module = op_kind(node.kind).module is not None
-        if has_module:
-            found[node.name] = net.get_submodule(attr_name(node.name, taken))
-    return found
-
-
 def _unique_params(modules: list[nn.Module]) -> int:
     seen: set[int] = set()
     total = 0
@@ -142,17 +122,6 @@ def _unique_params(modules: list[nn.Module]) -> int:
                 seen.add(id(p))
                 total += p.numel()
     return total
-
-
-def _strip_tensors(graph: Graph) -> Graph:
-    out = Graph(graph.name, file=graph.file)
-    for node in graph:
-        new = copy.copy(node)
-        new.tensors = {}
-        new.inputs = list(node.inputs)
-        out.add(new)
-    out.outputs = list(graph.outputs)
-    return out
 
 
 def _emit(graph: Graph, shared_modules: bool) -> fx.GraphModule:
@@ -168,21 +137,12 @@ def _emit(graph: Graph, shared_modules: bool) -> fx.GraphModule:
     return codegen(graph, factory, class_name="MultiTaskNet")
 
 
-def _mixed(model: SuperModel) -> dict[str, nn.Module]:
-    """Trunk modules by IR node name."""
-    from .compiler.codegen import attr_name
-
-    taken: set[str] = set()
-    names = {n.name: attr_name(n.name, taken) for n in model.mtl_graph}
-    return {n: model.trunk.get_submodule(a) for n, a in names.items() if hasattr(model.trunk, a)}
-
-
 def derive(model: SuperModel, architecture: Architecture, multi_domain: bool = False) -> MultiTaskModel:
     """Value-number ``model`` under ``architecture`` and emit the compact model (weights copied)."""
     architecture.check(model)
     model.materialize()
     tasks = model.task_names
-    mods = _mixed(model)
+    mods = node_modules(model.trunk)
     g = model.mtl_graph
     out = Graph(f"{g.name}_multitask", file=g.file)
     vn: dict[tuple[str, int], int] = {}  # (node, task) -> value number

@@ -17,11 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .architecture import Architecture, digest
-from .compiler.codegen import attr_name, codegen
+from .compiler.codegen import codegen, node_modules
 from .compiler.errors import CompileError
 from .compiler.ir import Graph
 from .compiler.mtl import BRANCHES, Choice, MTLOptions, rewrite
-from .compiler.ops import get as op_kind
 from .compiler.passes import cut
 from .mixing import BATCHING, MixedOp, TaskBatchNorm
 
@@ -213,13 +212,8 @@ class SuperModel(nn.Module):
         """The trunk for per-task inputs: the same modules, every value stacked."""
         if self._multi_domain is None:
             graph, _ = rewrite(self.graph, self.task_names, self.options, multi_domain=True)
-            names: set[str] = set()
-            lookup = {}
-            for n in graph:  # the names codegen gave the trunk's modules: only inputs and modules take one
-                module = op_kind(n.kind).module is not None or isinstance(n.attrs.get("target"), nn.Module)
-                if n.kind == "input" or module:
-                    lookup[n.name] = attr_name(n.name, names)
-            gm = codegen(graph, lambda node, shapes: self.trunk.get_submodule(lookup[node.name]), "Trunk")
+            modules = node_modules(self.trunk)
+            gm = codegen(graph, lambda node, shapes: modules[node.name], "Trunk")
             object.__setattr__(self, "_multi_domain", gm)  # not a submodule: it holds no new state
         return self._multi_domain
 
@@ -291,23 +285,11 @@ def build(
     options = MTLOptions(tuple(searchable), bn, skip)
     graph = backbone if isinstance(backbone, Graph) else compile_backbone(backbone, input_shape, **compile_options)
     if trunk_output is not None:
-        graph = cut(_copy_graph(graph), _resolve(graph, trunk_output))
+        graph = cut(graph.copy(), _resolve(graph, trunk_output))
     model = SuperModel(graph, tasks, options, batching)
     if check_heads:
         _check_heads(model, names)
     return model
-
-
-def _copy_graph(graph: Graph) -> Graph:
-    out = Graph(graph.name, file=graph.file)
-    import copy
-
-    for node in graph:
-        new = copy.copy(node)
-        new.inputs = list(node.inputs)
-        out.add(new)
-    out.outputs = list(graph.outputs)
-    return out
 
 
 def _resolve(graph: Graph, name: str) -> str:

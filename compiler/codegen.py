@@ -82,7 +82,14 @@ def codegen(
     outs = [values[o] for o in graph.outputs]
     g.output(outs[0] if len(outs) == 1 else tuple(outs))
     gm = fx.GraphModule(root, g, class_name=class_name)
+    # IR node name -> submodule attribute, so callers never re-derive codegen's naming
+    gm.meta["modules"] = {n.name: v.target for n, v in ((graph[k], values[k]) for k in values) if v.op == "call_module"}
     return gm
+
+
+def node_modules(gm: fx.GraphModule) -> dict[str, nn.Module]:
+    """The submodule codegen made for each IR node that has one, by IR node name."""
+    return {name: gm.get_submodule(attr) for name, attr in gm.meta["modules"].items()}
 
 
 def _emit_opaque(

@@ -7,6 +7,7 @@ value; operators with several outputs (Caffe ``Slice``) become several nodes.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,6 +92,18 @@ class Graph:
             self.nx.remove_edge(old, succ)
             self.nx.add_edge(new, succ)
         self.outputs = [new if o == old else o for o in self.outputs]
+
+    def copy(self, tensors: bool = True) -> Graph:
+        """A graph of shallow node copies (own input lists), optionally without their tensors."""
+        out = Graph(self.name, file=self.file)
+        for node in self:
+            new = copy.copy(node)
+            new.inputs = list(node.inputs)
+            if not tensors:
+                new.tensors = {}
+            out.add(new)
+        out.outputs = list(self.outputs)
+        return out
 
     # access -------------------------------------------------------------------------------
     def __getitem__(self, name: str) -> Node:
