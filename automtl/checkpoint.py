@@ -87,6 +87,7 @@ def searcher_state(searcher: Searcher) -> dict[str, Any]:
         "weighting": s.weighting.state_dict(),
         "weight_opt": s.weight_opt.state_dict(),
         "policy_opt": s.policy_opt.state_dict(),
+        "scalers": {k: v.state_dict() for k, v in s.scalers.items() if v is not None},
         "weight_step": s.weight_step,
         "policy_step": s.policy_step,
         "tau": s.tau(),
@@ -147,6 +148,9 @@ def load_searcher_state(searcher: Searcher, state: Mapping[str, Any]) -> None:
         s.weighting.load_state_dict(state["weighting"])
         s.weight_opt.load_state_dict(state["weight_opt"])
         s.policy_opt.load_state_dict(state["policy_opt"])
+        for name, scaler_state in state.get("scalers", {}).items():
+            if s.scalers.get(name) is not None:
+                s.scalers[name].load_state_dict(scaler_state)
     except (RuntimeError, KeyError, ValueError) as e:
         raise ValueError(f"checkpoint: the model or optimiser state does not fit this searcher: {e}") from e
     s.weight_step, s.policy_step = int(state["weight_step"]), int(state["policy_step"])

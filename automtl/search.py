@@ -37,8 +37,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import BatchSampler, ConcatDataset, DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from . import distributed as dist_utils
 from .architecture import Architecture
 from .data import make_collate, split_dataset
 from .derive import MultiTaskModel, derive
@@ -103,6 +104,7 @@ class SearchConfig:
     # run
     seed: int = 0
     device: str = "cpu"
+    amp: str | None = None  # mixed precision: None, "bf16" (CPU or CUDA) or "fp16" (CUDA, with a grad scaler)
     quiet: bool = False
 
     def __post_init__(self) -> None:
@@ -151,6 +153,8 @@ class SearchConfig:
             raise bad("split_fractions", "three fractions (weights, policy, val)")
         if not isinstance(self.device, str | torch.device):
             raise bad("device", "a device string such as 'cpu' or 'cuda'")
+        if self.amp not in (None, "bf16", "fp16"):
+            raise bad("amp", "None, 'bf16' or 'fp16'")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -382,7 +386,11 @@ class Searcher:
         self.model = model
         self.names = list(model.task_names)
         self.tasks = self._check_tasks(tasks)
-        self.device = torch.device(config.device)
+        self.rank, self.world = dist_utils.rank_and_world()
+        self.device = dist_utils.local_device(config.device, self.world)
+        if self.world > 1 and config.batch_size % self.world:
+            raise ValueError(f"SearchConfig.batch_size {config.batch_size} must be divisible by the {self.world} "
+                             "processes: each takes an equal share of every batch")
         torch.manual_seed(config.seed)
         self.weights_data, self.policy_data, self.val_data = self._splits(data)
         self.loaders = {
@@ -400,6 +408,8 @@ class Searcher:
                                            weight_decay=config.policy_weight_decay)
         self.cost = CostModel(model, config.budget_kind, self.multi_domain)
         self.depths = [c.depth for c in model.choices]
+        self.scalers = {k: _scaler(config.amp, self.device) for k in ("weights", "policy")}
+        self.sinks: list[Any] = []  # callables (stage, record) -> None, given every record as it is logged
         self.policy_step = 0
         self.weight_step = 0
         self.streams = {k: _Stream(v, k) for k, v in self.loaders.items() if k != "val"}
@@ -407,6 +417,7 @@ class Searcher:
                                                                            "val")}
         self.architecture: Architecture | None = None
         self.derived: MultiTaskModel | None = None
+        self.derived_training: MultiTaskModel | None = None  # the model fine-tune is training, while it runs
         self.progress: dict[str, Any] = {"stage": "warmup", "step": 0}  # where run() goes on
 
     # --- checks and set-up ----------------------------------------------------------------------
@@ -446,7 +457,7 @@ class Searcher:
 
     def _loader(self, part: Any, name: str, batch: int, shuffle: bool, offset: int) -> Iterable[Any]:
         if not isinstance(part, Dataset):
-            return part
+            return part if not shuffle or self.world == 1 else dist_utils.ShardedBatches(part, self.rank, self.world)
         n = _length(part)
         if n == 0:
             raise ValueError(f"data: the '{name}' split is empty")
@@ -455,8 +466,15 @@ class Searcher:
             with contextlib.suppress(NotImplementedError, AttributeError):
                 ignore[t] = task.missing_value
         gen = torch.Generator().manual_seed(self.config.seed * 1000 + offset)
-        return DataLoader(part, batch_size=batch, shuffle=shuffle, generator=gen, collate_fn=make_collate(ignore),
-                          drop_last=shuffle and n is not None and n > batch, num_workers=self.config.num_workers)
+        drop_last = shuffle and n is not None and n > batch
+        collate, workers = make_collate(ignore), self.config.num_workers
+        if self.world == 1 or not shuffle:  # validation: every process sees the whole split
+            return DataLoader(part, batch_size=batch, shuffle=shuffle, generator=gen, collate_fn=collate,
+                              drop_last=drop_last, num_workers=workers)
+        # the batches of the 1-process run, in the same order; each process loads its share of each
+        sampler = RandomSampler(part, generator=gen) if shuffle else SequentialSampler(part)
+        batches = dist_utils.ShardedSampler(BatchSampler(sampler, batch, drop_last), self.rank, self.world)
+        return DataLoader(part, batch_sampler=batches, generator=gen, collate_fn=collate, num_workers=workers)
 
     def _first_batch(self) -> Any:
         for batch in self.loaders["weights"]:
@@ -473,7 +491,7 @@ class Searcher:
         return torch.optim.Adam(params, lr=lr, weight_decay=c.weight_decay)
 
     def _bar(self, total: int, desc: str, initial: int = 0) -> Any:
-        if self.config.quiet or total == 0:
+        if self.config.quiet or total == 0 or self.rank != 0:
             return None
         try:
             from tqdm.auto import tqdm
@@ -482,6 +500,47 @@ class Searcher:
         return tqdm(total=total, desc=desc, leave=False, initial=initial)
 
     # --- steps ----------------------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Mixed precision for the forward and the losses when ``config.amp`` is set."""
+        amp = self.config.amp
+        if amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+    def _backward_step(self, total: torch.Tensor, opt: torch.optim.Optimizer, params: Sequence[nn.Parameter],
+                       scaler: Any, clip: bool) -> None:
+        """Backward, average the gradients over the processes, clip, step (through the grad scaler)."""
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(total).backward() if scaler is not None else total.backward()
+        if self.world > 1:
+            dist_utils.average_gradients(params)
+        if scaler is not None:
+            scaler.unscale_(opt)
+        if clip and self.config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        if self.world > 1:
+            dist_utils.broadcast_buffers(self._buffer_owner())
+
+    def _buffer_owner(self) -> nn.Module:
+        return self.derived_training if self.derived_training is not None else self.model
+
+    def _log(self, stage: str, record: dict[str, Any], log: list[dict[str, Any]] | None = None) -> None:
+        """Append ``record`` to the stage's history (or ``log``) and hand it to every sink."""
+        (self.history[stage] if log is None else log).append(record)
+        for sink in self.sinks:
+            sink(stage, record)
+
+    def _mean_floats(self, losses: Mapping[str, torch.Tensor | None]) -> dict[str, float | None]:
+        """Per-task losses as floats, averaged over the processes (the global batch's mean)."""
+        if self.world == 1:
+            return _floats(losses)
+        return dist_utils.mean_losses(losses)
+
     def tau(self) -> float:
         """The current Gumbel-softmax temperature."""
         return temperature(self.policy_step, self.config)
@@ -518,19 +577,17 @@ class Searcher:
             _epoch_end(self.weighting)
         self.model.train()
         self.weighting.train()
-        with self._only(self.model.weight_parameters() + list(self.weighting.parameters())):
-            out = self.model(x, mode=mode, tau=self.tau())
-            losses = self._task_losses(out, targets, step)
+        params = self.model.weight_parameters() + list(self.weighting.parameters())
+        with self._only(params):
+            with self._autocast():
+                out = self.model(x, mode=mode, tau=self.tau())
+                losses = self._task_losses(out, targets, step)
             self.weight_step += 1
             if all(v is None for v in losses.values()):
                 return None
             total = self.weighting.combine(losses, step=step)
-            self.weight_opt.zero_grad(set_to_none=True)
-            total.backward()
-            if self.config.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.model.weight_parameters(), self.config.grad_clip)
-            self.weight_opt.step()
-        return {"step": step, "loss": _floats(losses), "total": float(total.detach())}
+            self._backward_step(total, self.weight_opt, params, self.scalers["weights"], clip=True)
+        return {"step": step, "loss": self._mean_floats(losses), "total": self._mean_total(total)}
 
     def _policy_step(self, stream: _Stream) -> dict[str, Any]:
         """One Adam step of the logits on one batch of the policy split, regularizers included."""
@@ -540,9 +597,11 @@ class Searcher:
         self.model.train()
         self.weighting.eval()  # policy losses do not feed epoch statistics (DWA)
         tau = self.tau()
-        with self._only(self.model.policy_parameters()):
-            out = self.model(x, mode=c.policy_mode, tau=tau)
-            losses = self._task_losses(out, targets, step)
+        params = self.model.policy_parameters()
+        with self._only(params):
+            with self._autocast():
+                out = self.model(x, mode=c.policy_mode, tau=tau)
+                losses = self._task_losses(out, targets, step)
             probs = self.model.policy.probabilities()
             reg = sharing_regularizer(probs, self.depths, c.sharpness) if self.model.choices else probs.sum() * 0
             if c.budget_target is not None:
@@ -555,11 +614,9 @@ class Searcher:
             present = [v for v in losses.values() if v is not None]
             task_total = self.weighting.combine(losses, step=step) if present else probs.sum() * 0
             total = task_total + c.lambda_policy * reg + budget
-            self.policy_opt.zero_grad(set_to_none=True)
-            total.backward()
-            self.policy_opt.step()
+            self._backward_step(total, self.policy_opt, params, self.scalers["policy"], clip=False)
         self.policy_step += 1
-        return {"step": step, "tau": tau, "loss": _floats(losses), "total": float(total.detach()),
+        return {"step": step, "tau": tau, "loss": self._mean_floats(losses), "total": self._mean_total(total),
                 "sharing": float(reg.detach()), "budget": float(budget.detach()), "cost_ratio": float(ratio.detach())}
 
     # --- stages ---------------------------------------------------------------------------------
@@ -571,12 +628,11 @@ class Searcher:
 
     def _warmup(self, start: int, stop: int, steps: int) -> None:
         """Warm-up steps ``start .. stop - 1`` of ``steps``; the last one also fills the specific branches."""
-        log = self.history["warmup"]
         bar = self._bar(steps, "warm-up", start)
         for i in range(start, stop):
             rec = self._weight_step(self.streams["weights"], "warmup")
             if rec is not None:
-                log.append(rec)
+                self._log("warmup", rec)
             self._maybe_validate("warmup", i, steps, mode="warmup")
             _tick(bar, rec)
         _close(bar)
@@ -598,7 +654,6 @@ class Searcher:
         mixed = self.model.mixed_modules()
         if mixed and not bool(mixed[0].filled):
             self.model.fill_specific()  # searching without warm-up: specific branches start as copies
-        log = self.history["search"]
         per = self._steps_per_iter()
         if per == 0:  # nothing to train; validate as the rounds would
             for i in range(iterations):
@@ -613,13 +668,13 @@ class Searcher:
             if j < c.weight_steps_per_iter:
                 rec = self._weight_step(self.streams["weights"], c.search_mode)
                 if rec is not None:
-                    log.append({"iteration": i, "phase": "weights", "tau": self.tau(), **rec})
+                    self._log("search", {"iteration": i, "phase": "weights", "tau": self.tau(), **rec})
             else:
                 rec = self._policy_step(self.streams["policy"])
-                log.append({"iteration": i, "phase": "policy", **rec})
+                self._log("search", {"iteration": i, "phase": "policy", **rec})
             if j == per - 1:
                 self._maybe_validate("search", i, iterations, mode="fixed")
-                _tick(bar, rec)
+                _tick(bar, rec, self.tau())
         _close(bar)
 
     def derive(self, method: str | None = None, k: int | None = None) -> Architecture:
@@ -636,7 +691,6 @@ class Searcher:
         if method not in ("argmax", "sample"):
             raise ValueError(f"derive method must be 'argmax' or 'sample', not {method!r}")
         best = self.model.architecture()
-        log = self.history["derive"]
         with torch.no_grad():
             probs = self.model.policy.probabilities().detach().cpu()
         if method == "sample":
@@ -655,8 +709,8 @@ class Searcher:
                 ev = evaluate(self.model, self.tasks, self.loaders["val"], architecture=arch,
                               max_batches=c.eval_batches, device=self.device)
                 scored.append((not within, ev["total"], len(scored), arch, ratio))
-                log.append({"candidate": len(scored) - 1, "val_loss": ev["total"], "cost_ratio": ratio,
-                            "within_budget": within, "shared_fraction": arch.shared_fraction()})
+                self._log("derive", {"candidate": len(scored) - 1, "val_loss": ev["total"], "cost_ratio": ratio,
+                                     "within_budget": within, "shared_fraction": arch.shared_fraction()})
             best = min(scored, key=lambda s: s[:3])[3]
         ratio = float(self.cost.ratio(self._one_hot(best)))
         record: dict[str, Any] = {"method": method, "unfitted_cost_ratio": ratio,
@@ -666,8 +720,8 @@ class Searcher:
                                  fill=c.budget_mode == "target")
             best = self.model.architecture_from_indices(pick)
             ratio = self._pick_ratio(pick)
-        log.append({**record, "chosen": best.to_dict(), "cost_ratio": ratio,
-                    "shared_fraction": best.shared_fraction()})
+        self._log("derive", {**record, "chosen": best.to_dict(), "cost_ratio": ratio,
+                             "shared_fraction": best.shared_fraction()})
         self.architecture = best
         return best
 
@@ -714,26 +768,29 @@ class Searcher:
         bar = self._bar(steps, "fine-tune")
         model.train()
         weighting.train()
-        for step in range(steps):
-            x, targets = _split_batch(stream.next(), self.names, c.allow_missing, self.device)
-            if stream.new_epoch:
-                _epoch_end(weighting)
-            out = _outputs(model, x, self.names)
-            losses = self._task_losses(out, targets, step)
-            rec = None
-            if any(v is not None for v in losses.values()):
-                total = weighting.combine(losses, step=step)
-                opt.zero_grad(set_to_none=True)
-                total.backward()
-                if c.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
-                opt.step()
-                rec = {"step": step, "loss": _floats(losses), "total": float(total.detach())}
-                log.append(rec)
-            if c.eval_every and (step + 1) % c.eval_every == 0 and step + 1 < steps:
-                self._record_val("finetune", step, evaluate(model, self.tasks, self.loaders["val"],
-                                                            max_batches=c.eval_batches, device=self.device))
-            _tick(bar, rec)
+        params = list(model.parameters()) + list(weighting.parameters())
+        scaler = _scaler(c.amp, self.device)
+        self.derived_training = model
+        try:
+            for step in range(steps):
+                x, targets = _split_batch(stream.next(), self.names, c.allow_missing, self.device)
+                if stream.new_epoch:
+                    _epoch_end(weighting)
+                with self._autocast():
+                    out = _outputs(model, x, self.names)
+                    losses = self._task_losses(out, targets, step)
+                rec = None
+                if any(v is not None for v in losses.values()):
+                    total = weighting.combine(losses, step=step)
+                    self._backward_step(total, opt, params, scaler, clip=True)
+                    rec = {"step": step, "loss": self._mean_floats(losses), "total": self._mean_total(total)}
+                    self._log("finetune", rec, log)
+                if c.eval_every and (step + 1) % c.eval_every == 0 and step + 1 < steps:
+                    self._record_val("finetune", step, evaluate(model, self.tasks, self.loaders["val"],
+                                                                max_batches=c.eval_batches, device=self.device))
+                _tick(bar, rec)
+        finally:
+            self.derived_training = None
         _close(bar)
         model.eval()
         if searched:
@@ -815,7 +872,9 @@ class Searcher:
         """Write :meth:`state_dict` to ``path`` (atomically: a temporary file, then a rename)."""
         from .checkpoint import save
 
-        save(self.state_dict(), path)
+        state = self.state_dict()  # every process builds it (it may gather); only the first writes
+        if self.rank == 0:
+            save(state, path)
 
     @classmethod
     def resume(cls, path: str | os.PathLike[str], model: SuperModel, tasks: Mapping[str, Task] | Sequence[Task],
@@ -842,7 +901,12 @@ class Searcher:
             self._record_val(stage, i, ev)
 
     def _record_val(self, stage: str, step: int, ev: dict[str, Any]) -> None:
-        self.history["val"].append({"stage": stage, "step": step, **copy.deepcopy(ev)})
+        self._log("val", {"stage": stage, "step": step, **copy.deepcopy(ev)})
+
+    def _mean_total(self, total: torch.Tensor) -> float:
+        if self.world == 1:
+            return float(total.detach())
+        return dist_utils.mean_scalar(total)
 
 
 class _Chain:
@@ -868,12 +932,22 @@ def _floats(losses: Mapping[str, torch.Tensor | None]) -> dict[str, float | None
     return {t: (None if v is None else float(v.detach())) for t, v in losses.items()}
 
 
-def _tick(bar: Any, rec: dict[str, Any] | None) -> None:
+def _tick(bar: Any, rec: dict[str, Any] | None, tau: float | None = None) -> None:
     if bar is None:
         return
     if rec is not None:
-        bar.set_postfix(loss=f"{rec['total']:.4g}", refresh=False)
+        post = {"loss": f"{rec['total']:.4g}"}
+        if tau is not None:
+            post["tau"] = f"{tau:.3g}"
+        bar.set_postfix(post, refresh=False)
     bar.update(1)
+
+
+def _scaler(amp: str | None, device: torch.device) -> Any:
+    """A gradient scaler for float16 mixed precision (None otherwise: bfloat16 needs none)."""
+    if amp != "fp16":
+        return None
+    return torch.amp.GradScaler(device.type)
 
 
 def _close(bar: Any) -> None:
