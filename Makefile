@@ -11,7 +11,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch is pinned and installed first, so pip never resolves an unpinned torch.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,onnx,data]'
+	$(BIN)/pip install -q -e '.[test,onnx,data,tensorboard]'
 	touch $(STAMP)
 
 demo: $(STAMP)

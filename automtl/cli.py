@@ -2,6 +2,11 @@
 
     automtl compile resnet18                       # op table with totals
     automtl compile net.prototxt --input-shape 3,128,128 --json
+    automtl search run.yaml --out runs/r1          # search into a run directory (torchrun: data-parallel)
+    automtl derive runs/r1 --sample 8              # re-derive from the searched policy
+    automtl report runs/r1                         # the comparison table
+    automtl show runs/r1                           # the pictures
+    automtl export runs/r1 --onnx
 
 To add a subcommand, put a :class:`Command` into :data:`COMMANDS`. ``run`` returns the exit code;
 :func:`main` turns a :class:`CompileError`, ``ValueError`` or ``FileNotFoundError`` into one line
@@ -119,6 +124,139 @@ def _zoo_names() -> str:
         return "(the zoo is not installed)"
 
 
+# --- automtl search / derive / report / show -----------------------------------------------------
+def _search_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", metavar="CONFIG", help="a YAML or TOML run config (see the README)")
+    p.add_argument("--out", default=None, help="run directory (default: runs/<config name>); must be new or empty")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the stopped run in --out from its last checkpoint (the config must be the run's)")
+    p.add_argument("--stop-after", type=int, default=None, metavar="K",
+                   help="stop after K warm-up and search steps, saving a checkpoint (go on with --resume)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or stage lines (the table is printed)")
+
+
+def _distributed(run: Callable[[], int]) -> int:
+    """Run under the process group ``torchrun`` describes, if any; leave it afterwards."""
+    from . import distributed
+
+    joined = distributed.init_from_env()
+    try:
+        return run()
+    finally:
+        if joined:
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+
+
+def _search_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .config import load_config
+    from .runs import run_search
+
+    cfg = load_config(args.config)
+    out = args.out or str(Path("runs") / Path(args.config).stem)
+    if args.stop_after is not None and args.stop_after < 0:
+        raise ValueError(f"--stop-after must be >= 0, got {args.stop_after}")
+
+    def go() -> int:
+        try:
+            run_search(cfg, out, resume=args.resume, quiet=args.quiet, stop_after=args.stop_after)
+        except KeyboardInterrupt:
+            print(f"{PROG}: interrupted; `automtl search {args.config} --out {out} --resume` goes on from the "
+                  "last checkpoint", file=sys.stderr)
+            return 130
+        return 0
+
+    return _distributed(go)
+
+
+def _run_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN", help="a run directory written by `automtl search` or `automtl demo`")
+
+
+def _derive_arguments(p: argparse.ArgumentParser) -> None:
+    _run_argument(p)
+    p.add_argument("--sample", type=int, default=0, metavar="K",
+                   help="also draw K architectures from the searched policy; keep the best on validation")
+    p.add_argument("--out", default=None,
+                   help="architecture file to write (default: RUN/derived/architecture-argmax.json or -sampleK.json)")
+
+
+def _derive_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .runs import RunError, derive_run
+
+    if args.sample < 0:
+        raise ValueError(f"--sample must be >= 0, got {args.sample}")
+    name = f"architecture-sample{args.sample}.json" if args.sample else "architecture-argmax.json"
+    out = Path(args.out) if args.out else Path(args.run_dir) / "derived" / name
+    if out.exists():
+        raise RunError(f"{out}: exists; nothing was changed. Choose another --out")
+    arch, records, searcher = derive_run(args.run_dir, args.sample)
+    candidates = [r for r in records if "candidate" in r]
+    if candidates:
+        print("| candidate | val loss | cost ratio | shared | within budget |")
+        print("|---|---|---|---|---|")
+        for r in candidates:
+            name = "argmax" if r["candidate"] == 0 else f"sample {r['candidate']}"
+            print(f"| {name} | {r['val_loss']:.4f} | {r['cost_ratio']:.3f} | {100 * r['shared_fraction']:.0f}% | "
+                  f"{'yes' if r['within_budget'] else 'no'} |")
+    model = searcher.build_derived(arch)
+    rep = model.report()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    arch.save(out)
+    print(f"wrote {out}: shares {100 * arch.shared_fraction():.0f}% of (operator, task) choices; params "
+          f"{rep['total']['params']:,} ({rep['params_ratio']:.2f}x of separate backbones), FLOPs "
+          f"{rep['total']['flops']:,} ({rep['flops_ratio']:.2f}x)")
+    return 0
+
+
+def _report_arguments(p: argparse.ArgumentParser) -> None:
+    _run_argument(p)
+    p.add_argument("--json", action="store_true", help="print report.json instead of the table")
+
+
+def _report_run(args: argparse.Namespace) -> int:
+    from .runs import load_report, report_table
+
+    report = load_report(args.run_dir)
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    print(report_table(report))
+    print()
+    print(f"searched: shares {100 * report['shared_fraction']:.0f}% of (operator, task) choices; params "
+          f"{report['params_ratio']:.2f}x and FLOPs {report['flops_ratio']:.2f}x of separate backbones; "
+          f"latency on {report.get('device', 'cpu')}, batch 1")
+    for task, v in report["per_task"].items():
+        print(f"  {task}: {v['params']:,} params, {v['flops']:,} FLOPs")
+    return 0
+
+
+def _show_arguments(p: argparse.ArgumentParser) -> None:
+    _run_argument(p)
+    p.add_argument("--out", default=None, help="folder for the PNG files (default: RUN/pictures)")
+
+
+def _show_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .architecture import Architecture
+    from .pictures import render_all
+    from .runs import RunDir, load_history
+
+    run = RunDir(args.run_dir)
+    run.meta()
+    arch = Architecture.load(run.require("architecture.json", "the search has not finished"))
+    paths = render_all(arch, Path(args.out) if args.out else run / "pictures", history=load_history(run))
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default="resnet18", help="zoo backbone (default resnet18)")
     p.add_argument("--trunk-output", default="layer2", help="operator or submodule the heads read (default layer2)")
@@ -127,7 +265,7 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-steps", type=int, default=60)
     p.add_argument("--search-iterations", type=int, default=40)
     p.add_argument("--finetune-steps", type=int, default=80)
-    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument("--out", default=None, help="run directory (default: the first free runs/demo, runs/demo-2, ...)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -135,9 +273,12 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
 def _demo_run(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(args.backbone, args.trunk_output, args.size, args.images, args.warmup_steps, args.search_iterations,
-             args.finetune_steps, out_dir=args.out, seed=args.seed, quiet=args.quiet)
-    return 0
+    def go() -> int:
+        run_demo(args.backbone, args.trunk_output, args.size, args.images, args.warmup_steps, args.search_iterations,
+                 args.finetune_steps, out_dir=args.out, seed=args.seed, quiet=args.quiet)
+        return 0
+
+    return _distributed(go)
 
 
 def _export_arguments(p: argparse.ArgumentParser) -> None:
@@ -179,6 +320,32 @@ def _export_run(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Command] = {
+    "search": Command(
+        help="search a config's backbone and tasks into a run directory",
+        add_arguments=_search_arguments,
+        run=_search_run,
+        description="Compile the config's backbone, build the supermodel, warm up, search the policy, derive, "
+        "fine-tune, train the baselines and write the run directory (config, checkpoints, metrics, model, "
+        "report, pictures). Under torchrun the search is data-parallel.",
+    ),
+    "derive": Command(
+        help="derive an architecture again from a run's searched policy (argmax, or the best of K samples)",
+        add_arguments=_derive_arguments,
+        run=_derive_run,
+        description="Derive from the searched supermodel of RUN: the argmax of the policy, or with --sample K "
+        "the best on validation of the argmax and K architectures drawn from the policy (within the budget "
+        "when the run has one). Writes the architecture JSON and prints its params and FLOPs.",
+    ),
+    "report": Command(
+        help="print a run's table: per-task metrics, params, FLOPs, latency vs the baselines",
+        add_arguments=_report_arguments,
+        run=_report_run,
+    ),
+    "show": Command(
+        help="draw a run's pictures: sharing per task, task similarity, training curves (PNG)",
+        add_arguments=_show_arguments,
+        run=_show_run,
+    ),
     "export": Command(
         help="export a derived multi-task model: state dict, or ONNX with --onnx",
         add_arguments=_export_arguments,

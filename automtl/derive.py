@@ -104,7 +104,7 @@ class MultiTaskModel(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike) -> MultiTaskModel:
         """Load a model saved by :meth:`save` (the file holds pickled heads: load trusted files only)."""
-        data = torch.load(Path(path), weights_only=False)
+        data = torch.load(Path(path), map_location="cpu", weights_only=False)
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"{path}: not an automtl multi-task model (expected format {FORMAT!r})")
         graph = data["graph"]

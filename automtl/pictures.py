@@ -401,12 +401,13 @@ def training_curves(history: Mapping[str, Any], path: str | os.PathLike, tasks: 
 # --- all at once ----------------------------------------------------------------------------------
 
 
-def render_all(result_or_arch: Any, out_dir: str | os.PathLike) -> dict[str, Path]:
+def render_all(result_or_arch: Any, out_dir: str | os.PathLike,
+               history: Mapping[str, Any] | None = None) -> dict[str, Path]:
     """Write ``sharing.png``, ``similarity.png`` and (when a history is there) ``curves.png`` into
-    ``out_dir``, from an :class:`Architecture` or anything with ``.architecture`` (and ``.history``),
-    such as a :class:`~automtl.search.SearchResult`. Returns ``{"sharing": path, ...}``."""
+    ``out_dir``, from an :class:`Architecture` (and ``history``) or anything with ``.architecture``
+    (and ``.history``), such as a :class:`~automtl.search.SearchResult`. Returns ``{"sharing": path, ...}``."""
     if isinstance(result_or_arch, Architecture):
-        arch, history = result_or_arch, None
+        arch = result_or_arch
     elif isinstance(getattr(result_or_arch, "architecture", None), Architecture):
         arch, history = result_or_arch.architecture, getattr(result_or_arch, "history", None)
     else:
