@@ -7,7 +7,7 @@ A run directory holds::
     config.yaml          the resolved config (every default filled in)
     checkpoint.pt        the search checkpoint (every ``checkpoint_every`` steps; exact resume)
     metrics.jsonl        one line per logged record (weight/policy steps, validations, derivation)
-    metrics.csv          the same as a table (rewritten at every checkpoint and at the end)
+    metrics.csv          the same as a table (written when the search ends or stops)
     tensorboard/         event files, when the ``tensorboard`` package is installed
     history.json         the search's history (per stage), for pictures
     supermodel.pt        the searched supermodel's weights and logits (``derive --sample``)
@@ -346,7 +346,7 @@ def run_search(cfg: RunConfig, out: str | os.PathLike[str], *, resume: bool = Fa
     note(f"{cfg.backbone.name}: {len(model.choices)} choices x {len(searcher.names)} tasks on {searcher.device}"
          + (f", {world} processes" if world > 1 else ""))
     try:
-        result = _run_in_chunks(searcher, cfg.checkpoint_every, stop_after, checkpoint, writer)
+        result = searcher.run(stop_after=stop_after, checkpoint=checkpoint, checkpoint_every=cfg.checkpoint_every)
         if result is None:
             if rank == 0:
                 run.write_meta(status="stopped", steps=searcher.steps_done())
@@ -374,25 +374,6 @@ def _with(config: SearchConfig, **changes: Any) -> SearchConfig:
 def _barrier(world: int) -> None:
     if world > 1:
         torch.distributed.barrier()
-
-
-def _run_in_chunks(searcher: Searcher, every: int, stop_after: int | None, checkpoint: Path,
-                   writer: MetricsWriter | None) -> Any:
-    """``searcher.run`` with a checkpoint every ``every`` steps (and at ``stop_after``)."""
-    c = searcher.config
-    total = c.warmup_steps + c.search_iterations * (c.weight_steps_per_iter + c.policy_steps_per_iter)
-    while True:
-        done = searcher.steps_done()
-        target = total if every <= 0 else min(total, (done // every + 1) * every)
-        if stop_after is not None:
-            target = min(target, stop_after)
-        if target >= total and (stop_after is None or stop_after >= total):
-            return searcher.run()  # the rest: search, derive, fine-tune
-        searcher.run(stop_after=target, checkpoint=checkpoint)
-        if writer is not None:
-            writer.write_csv()
-        if stop_after is not None and searcher.steps_done() >= stop_after:
-            return None
 
 
 def _finish(cfg: RunConfig, run: RunDir, searcher: Searcher, result: Any, tasks: Mapping[str, Task], note: Any,

@@ -409,7 +409,8 @@ class Searcher:
         self.cost = CostModel(model, config.budget_kind, self.multi_domain)
         self.depths = [c.depth for c in model.choices]
         self.scalers = {k: _scaler(config.amp, self.device) for k in ("weights", "policy")}
-        self.sinks: list[Any] = []  # callables (stage, record) -> None, given every record as it is logged
+        self.sinks: list[Any] = []
+        self._bars: dict[str, Any] = {}  # callables (stage, record) -> None, given every record as it is logged
         self.policy_step = 0
         self.weight_step = 0
         self.streams = {k: _Stream(v, k) for k, v in self.loaders.items() if k != "val"}
@@ -489,6 +490,17 @@ class Searcher:
         if c.weight_optimizer == "sgd":
             return torch.optim.SGD(params, lr=lr, momentum=c.weight_momentum, weight_decay=c.weight_decay)
         return torch.optim.Adam(params, lr=lr, weight_decay=c.weight_decay)
+
+    def _stage_bar(self, stage: str, total: int, desc: str, initial: int) -> Any:
+        """The stage's progress bar, kept open across the checkpoints of one :meth:`run`."""
+        if stage not in self._bars:
+            self._bars[stage] = self._bar(total, desc, initial)
+        return self._bars[stage]
+
+    def _end_bar(self, stage: str | None = None) -> None:
+        """Close the stage's bar (every open bar when ``stage`` is None)."""
+        for key in [stage] if stage is not None else list(self._bars):
+            _close(self._bars.pop(key, None))
 
     def _bar(self, total: int, desc: str, initial: int = 0) -> Any:
         if self.config.quiet or total == 0 or self.rank != 0:
@@ -628,15 +640,15 @@ class Searcher:
 
     def _warmup(self, start: int, stop: int, steps: int) -> None:
         """Warm-up steps ``start .. stop - 1`` of ``steps``; the last one also fills the specific branches."""
-        bar = self._bar(steps, "warm-up", start)
+        bar = self._stage_bar("warmup", steps, "warm-up", start)
         for i in range(start, stop):
             rec = self._weight_step(self.streams["weights"], "warmup")
             if rec is not None:
                 self._log("warmup", rec)
             self._maybe_validate("warmup", i, steps, mode="warmup")
             _tick(bar, rec)
-        _close(bar)
         if stop == steps:
+            self._end_bar("warmup")
             self.model.fill_specific()
 
     def search(self, iterations: int | None = None) -> list[dict[str, Any]]:
@@ -659,7 +671,7 @@ class Searcher:
             for i in range(iterations):
                 self._maybe_validate("search", i, iterations, mode="fixed")
             return
-        bar = self._bar(iterations, "search", start // per)
+        bar = self._stage_bar("search", iterations, "search", start // per)
         rec = None
         for u in range(start, stop):
             i, j = divmod(u, per)
@@ -675,7 +687,8 @@ class Searcher:
             if j == per - 1:
                 self._maybe_validate("search", i, iterations, mode="fixed")
                 _tick(bar, rec, self.tau())
-        _close(bar)
+        if stop == iterations * per:
+            self._end_bar("search")
 
     def derive(self, method: str | None = None, k: int | None = None) -> Architecture:
         """The searched architecture: ``argmax`` of the policy, or the best on validation of the argmax
@@ -811,15 +824,23 @@ class Searcher:
         return evaluate(target, self.tasks, self.loaders["val"], architecture=architecture, mode=mode,
                         max_batches=self.config.eval_batches, device=self.device)
 
-    def run(self, stop_after: int | None = None, checkpoint: str | os.PathLike[str] | None = None
-            ) -> SearchResult | None:
+    def run(self, stop_after: int | None = None, checkpoint: str | os.PathLike[str] | None = None,
+            checkpoint_every: int = 0) -> SearchResult | None:
         """Warm-up, search, derive and fine-tune, then validate the fine-tuned model.
 
         The run continues from ``self.progress`` (a fresh searcher: the start; a resumed one: where
         its checkpoint stopped). With ``stop_after=k`` it stops once ``k`` steps of warm-up and
         search are done in all (weight and policy steps alike, counted from the very start), saves
         a checkpoint to ``checkpoint`` when given and returns ``None``; :meth:`resume` continues it.
+        With ``checkpoint_every=n`` (and ``checkpoint``) it also saves every ``n`` such steps.
         """
+        try:
+            return self._run(stop_after, checkpoint, checkpoint_every if checkpoint is not None else 0)
+        finally:
+            self._end_bar()
+
+    def _run(self, stop_after: int | None, checkpoint: str | os.PathLike[str] | None,
+             every: int) -> SearchResult | None:
         c = self.config
         totals = {"warmup": c.warmup_steps, "search": c.search_iterations * self._steps_per_iter()}
         while self.progress["stage"] in totals:
@@ -827,6 +848,8 @@ class Searcher:
             total = totals[stage]
             offset = 0 if stage == "warmup" else totals["warmup"]
             stop = total if stop_after is None else min(total, max(stop_after - offset, start))
+            if every > 0:
+                stop = min(stop, ((offset + start) // every + 1) * every - offset)
             if stage == "warmup":
                 self._warmup(start, stop, total)
             else:
@@ -840,6 +863,8 @@ class Searcher:
                 if checkpoint is not None:
                     self.save_checkpoint(checkpoint)
                 return None
+            if every > 0 and (offset + stop) % every == 0 and stop > start:
+                self.save_checkpoint(checkpoint)  # type: ignore[arg-type]
         arch = self.derive()
         self._record_val("search", self.policy_step, self.validate(self.model, arch))
         model = self.finetune()

@@ -111,6 +111,26 @@ def test_resume_is_bit_identical(k: int, tmp_path: Path, reference: tuple[dict[s
     assert_same({k: v for k, v in result.model.state_dict().items()}, finetuned, "finetuned")
 
 
+def test_periodic_checkpoints_change_nothing_and_resume(tmp_path: Path, reference: tuple[dict, dict]) -> None:
+    """``run(checkpoint_every=5)`` saves after steps 5, 10 and 15 and reaches the same bits; its last
+    checkpoint resumes to the same end."""
+    at_n, finetuned = reference
+    path = tmp_path / "search.pt"
+    s = make()
+    saved = []
+    real = s.save_checkpoint
+    s.save_checkpoint = lambda p: (saved.append(s.steps_done()), real(p))  # type: ignore[method-assign]
+    assert s.run(stop_after=TOTAL, checkpoint=path, checkpoint_every=5) is None
+    assert saved == [5, 10, 15, 16]  # the periodic ones, then the one stop_after asks for
+    assert_same(snapshot(s), at_n, "state")
+    s = make()
+    assert s.run(stop_after=15, checkpoint=path, checkpoint_every=5) is None
+    resumed = Searcher.resume(path, make(init_seed=3).model, s.tasks, Labelled(64, SHIFTS, seed=1))
+    result = resumed.run(checkpoint=path, checkpoint_every=5)
+    assert result is not None
+    assert_same(dict(result.model.state_dict()), finetuned, "finetuned")
+
+
 def test_stopping_early_changes_nothing_and_in_memory_state_resumes(reference: tuple[dict, dict]) -> None:
     at_n, _ = reference
     s = make()

@@ -213,3 +213,41 @@ def test_torchrun_two_processes_write_one_run(tmp_path: Path) -> None:
     assert proc.stdout.count("| searched |") == 1  # only process 0 prints
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert sum(json.loads(x)["stage"] == "warmup" for x in lines) == 3  # one writer, not two
+
+
+def test_progress_bars_show_loss_tau_and_eta(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # draw every step of the short run
+    config = write_config(tmp_path, baselines="[]")
+    assert main(["search", str(config), "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    for stage in ("warm-up", "search", "fine-tune"):
+        assert f"\r{stage}: " in err, stage
+    assert "loss=" in err and "tau=" in err and "[00:00<" in err  # tqdm's elapsed<remaining (the ETA)
+    assert main(["search", str(config), "--out", str(tmp_path / "quiet"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and "| searched |" in captured.out
+
+
+def test_interrupted_search_resumes_from_its_last_checkpoint(finished: Path, tmp_path: Path, monkeypatch,
+                                                             capsys) -> None:
+    from automtl import runs
+
+    real = runs.MetricsWriter.__call__
+    seen = []
+
+    def interrupt_at_the_eighth_record(self, stage, record):  # after the checkpoint at step 6
+        seen.append(stage)
+        if len(seen) == 8:
+            raise KeyboardInterrupt
+        real(self, stage, record)
+
+    monkeypatch.setattr(runs.MetricsWriter, "__call__", interrupt_at_the_eighth_record)
+    config, run = write_config(tmp_path), tmp_path / "run"
+    assert main(["search", str(config), "--out", str(run), "--quiet"]) == 130
+    assert "--resume" in capsys.readouterr().err
+    assert json.loads((run / "automtl-run.json").read_text())["status"] == "running"
+    monkeypatch.setattr(runs.MetricsWriter, "__call__", real)
+    assert main(["search", str(config), "--out", str(run), "--quiet", "--resume"]) == 0
+    a, b = MultiTaskModel.load(run / "model.pt").state_dict(), MultiTaskModel.load(finished / "model.pt").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (run / "metrics.jsonl").read_text() == (finished / "metrics.jsonl").read_text()
