@@ -15,6 +15,17 @@ from automtl.compiler.ir import Graph
 TOLERANCE = 1e-5
 
 
+@pytest.fixture(scope="module")
+def deterministic():
+    """One thread and deterministic algorithms for a module (bit-exact resume checks)."""
+    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(det)
+    torch.set_num_threads(threads)
+
+
 def randomize_norms(module: nn.Module, seed: int = 0) -> nn.Module:
     """Give every batch norm non-trivial affine parameters and running statistics; return eval()."""
     gen = torch.Generator().manual_seed(seed)

@@ -31,14 +31,7 @@ CONFIG = dict(warmup_steps=4, search_iterations=4, weight_steps_per_iter=1, poli
 TOTAL = 4 + 4 * 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _deterministic():
-    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.use_deterministic_algorithms(det)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("deterministic")
 
 
 def make(layers: int = 3, init_seed: int = 0, **overrides: Any) -> Searcher:

@@ -53,14 +53,7 @@ def write_config(folder: Path, baselines: str = "[all-shared]", every: int = 2, 
     return path
 
 
-@pytest.fixture(autouse=True)
-def _deterministic():
-    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.use_deterministic_algorithms(det)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("deterministic")
 
 
 def snapshot(folder: Path) -> dict[str, str]:
