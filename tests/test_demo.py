@@ -49,3 +49,17 @@ def test_export_cli_writes_a_checked_onnx_file_and_a_state_dict(tmp_path, capsys
     assert (tmp_path / "state_dict.pt").is_file()
     assert main(["export", str(tmp_path / "missing")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_demo_never_writes_into_an_earlier_run(tmp_path) -> None:
+    from automtl.demo import free_run_dir
+
+    base = tmp_path / "runs" / "demo"
+    assert free_run_dir(base) == base
+    base.mkdir(parents=True)
+    assert free_run_dir(base) == base  # empty: free
+    (base / "report.md").write_text("earlier run")
+    assert free_run_dir(base) == base.with_name("demo-2")
+    (base.with_name("demo-2")).mkdir()
+    (base.with_name("demo-2") / "x").write_text("")
+    assert free_run_dir(base) == base.with_name("demo-3")
