@@ -325,9 +325,8 @@ def run_search(cfg: RunConfig, out: str | os.PathLike[str], *, resume: bool = Fa
     run = RunDir(out)
     if resume:
         run.check_resume(cfg)
-    elif rank == 0:
-        run.create(cfg, command)
-    _barrier(world)  # the other processes wait until process 0 has made the directory
+    else:
+        _on_first_process(lambda: run.create(cfg, command), rank, world)
 
     tasks = build_tasks(cfg)
     data = build_dataset(cfg)
@@ -371,9 +370,20 @@ def _with(config: SearchConfig, **changes: Any) -> SearchConfig:
     return SearchConfig(**{**asdict(config), **changes})
 
 
-def _barrier(world: int) -> None:
+def _on_first_process(action: Any, rank: int, world: int) -> None:
+    """Run ``action`` in process 0; the others wait for it and raise the same ``RunError`` if it fails."""
+    error = None
+    if rank == 0:
+        try:
+            action()
+        except RunError as e:
+            error = str(e)
     if world > 1:
-        torch.distributed.barrier()
+        box = [error]
+        torch.distributed.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error is not None:
+        raise RunError(error)
 
 
 def _finish(cfg: RunConfig, run: RunDir, searcher: Searcher, result: Any, tasks: Mapping[str, Task], note: Any,

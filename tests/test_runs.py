@@ -197,15 +197,18 @@ def test_without_tensorboard_the_run_has_no_events(tmp_path: Path, monkeypatch) 
 def test_torchrun_two_processes_write_one_run(tmp_path: Path) -> None:
     config = write_config(tmp_path, baselines="[]")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "automtl", "search", str(config), "--out", str(tmp_path / "run"), "--quiet"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "automtl", "search", str(config), "--out", str(tmp_path / "run"), "--quiet"]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["processes"] == 2
     assert proc.stdout.count("| searched |") == 1  # only process 0 prints
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert sum(json.loads(x)["stage"] == "warmup" for x in lines) == 3  # one writer, not two
+    # an occupied run directory: every process stops with the same one-line error (none waits forever)
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode != 0 and again.stderr.count("already holds a run") == 2
 
 
 def test_progress_bars_show_loss_tau_and_eta(tmp_path: Path, capsys, monkeypatch) -> None:
