@@ -11,12 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .config import demo_config
-from .runs import delta_mtl, format_table, run_search
+from .runs import run_search
 
-__all__ = ["delta_mtl", "format_table", "free_run_dir", "run_demo"]
+__all__ = ["free_run_dir", "run_demo"]
 
 
 def free_run_dir(base: str | Path = "runs/demo") -> Path:
@@ -46,7 +44,6 @@ def run_demo(
     ``out_dir`` defaults to the first free ``runs/demo``, ``runs/demo-2``, ... ``quiet``
     silences progress (bars and stage lines), not the table.
     """
-    torch.manual_seed(seed)
     cfg = demo_config(backbone=backbone, trunk_output=trunk_output, size=size, images=images,
                       warmup_steps=warmup_steps, search_iterations=search_iterations,
                       finetune_steps=finetune_steps, seed=seed)

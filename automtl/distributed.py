@@ -153,7 +153,9 @@ def broadcast_buffers(module: nn.Module) -> None:
 
 
 def mean_losses(losses: Mapping[str, torch.Tensor | None]) -> dict[str, float | None]:
-    """Per-task losses averaged over the processes that have one (``None`` where none has)."""
+    """Per-task losses as floats, averaged over the processes that have one (``None`` where none has)."""
+    if rank_and_world()[1] == 1:
+        return {t: None if v is None else float(v.detach()) for t, v in losses.items()}
     names = list(losses)
     values = torch.zeros(2 * len(names), dtype=torch.float64, device=_comm_device())
     for i, t in enumerate(names):
@@ -169,7 +171,9 @@ def mean_losses(losses: Mapping[str, torch.Tensor | None]) -> dict[str, float | 
 
 
 def mean_scalar(value: torch.Tensor) -> float:
-    """A scalar averaged over the processes."""
+    """A scalar as a float, averaged over the processes."""
+    if rank_and_world()[1] == 1:
+        return float(value.detach())
     t = torch.tensor([float(value.detach())], dtype=torch.float64, device=_comm_device())
     dist.all_reduce(t)
     return float(t[0]) / dist.get_world_size()

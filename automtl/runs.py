@@ -29,7 +29,7 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from . import distributed as dist_utils
 from .architecture import Architecture
 from .config import RunConfig, build_dataset, build_model, build_tasks, dump_config, load_config
 from .derive import MultiTaskModel
-from .search import SearchConfig, Searcher
+from .search import Searcher
 from .tasks import Task
 
 __all__ = ["FORMAT", "META", "VERSION", "MetricsWriter", "Row", "RunDir", "delta_mtl", "format_table", "run_search"]
@@ -170,9 +170,9 @@ class MetricsWriter:
     """A :class:`Searcher` sink: every record as a JSON line, and as TensorBoard scalars when
     ``tensorboard`` is installed (``tensorboard=False`` turns that off)."""
 
-    def __init__(self, run: RunDir, keep_lines: int | None = None, tensorboard: bool = True) -> None:
+    def __init__(self, run: RunDir, keep_lines: int = 0, tensorboard: bool = True) -> None:
         self.file = run / "metrics.jsonl"
-        if keep_lines is not None and self.file.is_file():  # a resume: drop what came after the checkpoint
+        if self.file.is_file():  # a resume: keep the records up to the checkpoint, drop those after it
             lines = self.file.read_text().splitlines(keepends=True)[:keep_lines]
             _write_text(self.file, "".join(lines))
         self.csv = run / "metrics.csv"
@@ -206,8 +206,6 @@ class MetricsWriter:
             writer.writeheader()
             writer.writerows(rows)
         os.replace(tmp, self.csv)
-        if self.tb is not None:
-            self.tb.flush()
 
     def close(self) -> None:
         self.write_csv()
@@ -331,7 +329,7 @@ def run_search(cfg: RunConfig, out: str | os.PathLike[str], *, resume: bool = Fa
     tasks = build_tasks(cfg)
     data = build_dataset(cfg)
     model = build_model(cfg)
-    search_cfg = _with(cfg.search, quiet=quiet or rank != 0)
+    search_cfg = replace(cfg.search, quiet=quiet or rank != 0)
     checkpoint = run / "checkpoint.pt"
     if resume and checkpoint.is_file():
         searcher = Searcher.resume(checkpoint, model, tasks, data, search_cfg)
@@ -339,8 +337,8 @@ def run_search(cfg: RunConfig, out: str | os.PathLike[str], *, resume: bool = Fa
     else:
         searcher = Searcher(model, tasks, data, search_cfg)
     writer = None
-    if rank == 0:
-        writer = MetricsWriter(run, keep_lines=sum(len(v) for v in searcher.history.values()) if resume else 0)
+    if rank == 0:  # a resumed history ends at its checkpoint: so must the metrics file
+        writer = MetricsWriter(run, keep_lines=sum(len(v) for v in searcher.history.values()))
         searcher.sinks.append(writer)
     note(f"{cfg.backbone.name}: {len(model.choices)} choices x {len(searcher.names)} tasks on {searcher.device}"
          + (f", {world} processes" if world > 1 else ""))
@@ -351,7 +349,7 @@ def run_search(cfg: RunConfig, out: str | os.PathLike[str], *, resume: bool = Fa
                 run.write_meta(status="stopped", steps=searcher.steps_done())
             talk(f"stopped after {searcher.steps_done()} steps; checkpoint {checkpoint}. Go on with --resume")
             return None
-        report = _finish(cfg, run, searcher, result, tasks, note, rank)
+        report = _finish(cfg, run, searcher, result, tasks, data, note, rank)
     finally:
         if writer is not None:
             writer.close()
@@ -364,10 +362,6 @@ def run_search(cfg: RunConfig, out: str | os.PathLike[str], *, resume: bool = Fa
     talk(f"\nsearched architecture shares {100 * report['shared_fraction']:.0f}% of (operator, task) choices; "
          f"run directory: {run.path}")
     return report
-
-
-def _with(config: SearchConfig, **changes: Any) -> SearchConfig:
-    return SearchConfig(**{**asdict(config), **changes})
 
 
 def _on_first_process(action: Any, rank: int, world: int) -> None:
@@ -386,8 +380,8 @@ def _on_first_process(action: Any, rank: int, world: int) -> None:
         raise RunError(error)
 
 
-def _finish(cfg: RunConfig, run: RunDir, searcher: Searcher, result: Any, tasks: Mapping[str, Task], note: Any,
-            rank: int) -> dict[str, Any]:
+def _finish(cfg: RunConfig, run: RunDir, searcher: Searcher, result: Any, tasks: Mapping[str, Task], data: Any,
+            note: Any, rank: int) -> dict[str, Any]:
     """Save the searched model, train the baselines, measure, draw: the report."""
     names = list(tasks)
     primary = {t: tasks[t].primary_metric for t in names}
@@ -404,11 +398,12 @@ def _finish(cfg: RunConfig, run: RunDir, searcher: Searcher, result: Any, tasks:
         groups = [[t] for t in names] if baseline == "independent" else [names]
         models, metrics = [], {}
         for group in groups:
-            m, ev = _train_baseline(cfg, {t: tasks[t] for t in group}, trained_steps)
+            m, ev = _train_baseline(cfg, {t: tasks[t] for t in group}, data, trained_steps)
             models.append(m)
             metrics.update({t: ev[t][primary[t]] for t in group})
-        rows.append(Row(baseline, metrics, sum(m.report()["total"]["params"] for m in models),
-                        sum(m.report()["total"]["flops"] for m in models), measure_latency(models, shape)))
+        totals = [m.report()["total"] for m in models]
+        rows.append(Row(baseline, metrics, sum(t["params"] for t in totals), sum(t["flops"] for t in totals),
+                        measure_latency(models, shape)))
     searched = result.model
     rep = searched.report()
     rows.append(Row("searched", {t: result.metrics[t][primary[t]] for t in names}, rep["total"]["params"],
@@ -429,10 +424,11 @@ def _finish(cfg: RunConfig, run: RunDir, searcher: Searcher, result: Any, tasks:
     }
 
 
-def _train_baseline(cfg: RunConfig, tasks: Mapping[str, Task], steps: int) -> tuple[MultiTaskModel, dict[str, Any]]:
+def _train_baseline(cfg: RunConfig, tasks: Mapping[str, Task], data: Any, steps: int
+                    ) -> tuple[MultiTaskModel, dict[str, Any]]:
     """An all-shared model of ``tasks`` trained from scratch for ``steps`` weight steps."""
     model = build_model(cfg, list(tasks))
-    s = Searcher(model, tasks, build_dataset(cfg), _with(cfg.search, finetune_steps=steps, quiet=True))
+    s = Searcher(model, tasks, data, replace(cfg.search, finetune_steps=steps, quiet=True))
     derived = s.finetune(model.uniform_architecture("shared"), steps=steps, from_="scratch")
     return derived, s.validate(derived)["metrics"]
 
@@ -458,7 +454,7 @@ def searcher_for(run: RunDir, quiet: bool = True) -> Searcher:
     cfg = run.config()
     weights = run.require("supermodel.pt", "the search has not finished (`automtl search CONFIG --out RUN --resume`)")
     model = build_model(cfg)
-    searcher = Searcher(model, build_tasks(cfg), build_dataset(cfg), _with(cfg.search, quiet=quiet))
+    searcher = Searcher(model, build_tasks(cfg), build_dataset(cfg), replace(cfg.search, quiet=quiet))
     try:
         model.load_state_dict(torch.load(weights, map_location=searcher.device, weights_only=True))
     except RuntimeError as e:

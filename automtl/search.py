@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import BatchSampler, ConcatDataset, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, ConcatDataset, DataLoader, Dataset, RandomSampler
 
 from . import distributed as dist_utils
 from .architecture import Architecture
@@ -409,8 +409,8 @@ class Searcher:
         self.cost = CostModel(model, config.budget_kind, self.multi_domain)
         self.depths = [c.depth for c in model.choices]
         self.scalers = {k: _scaler(config.amp, self.device) for k in ("weights", "policy")}
-        self.sinks: list[Any] = []
-        self._bars: dict[str, Any] = {}  # callables (stage, record) -> None, given every record as it is logged
+        self.sinks: list[Any] = []  # callables (stage, record) -> None, given every record as it is logged
+        self._bars: dict[str, Any] = {}  # the open progress bar of each stage
         self.policy_step = 0
         self.weight_step = 0
         self.streams = {k: _Stream(v, k) for k, v in self.loaders.items() if k != "val"}
@@ -418,7 +418,6 @@ class Searcher:
                                                                            "val")}
         self.architecture: Architecture | None = None
         self.derived: MultiTaskModel | None = None
-        self.derived_training: MultiTaskModel | None = None  # the model fine-tune is training, while it runs
         self.progress: dict[str, Any] = {"stage": "warmup", "step": 0}  # where run() goes on
 
     # --- checks and set-up ----------------------------------------------------------------------
@@ -473,8 +472,8 @@ class Searcher:
             return DataLoader(part, batch_size=batch, shuffle=shuffle, generator=gen, collate_fn=collate,
                               drop_last=drop_last, num_workers=workers)
         # the batches of the 1-process run, in the same order; each process loads its share of each
-        sampler = RandomSampler(part, generator=gen) if shuffle else SequentialSampler(part)
-        batches = dist_utils.ShardedSampler(BatchSampler(sampler, batch, drop_last), self.rank, self.world)
+        batches = BatchSampler(RandomSampler(part, generator=gen), batch, drop_last)
+        batches = dist_utils.ShardedSampler(batches, self.rank, self.world)
         return DataLoader(part, batch_sampler=batches, generator=gen, collate_fn=collate, num_workers=workers)
 
     def _first_batch(self) -> Any:
@@ -520,10 +519,11 @@ class Searcher:
         return torch.autocast(self.device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
     def _backward_step(self, total: torch.Tensor, opt: torch.optim.Optimizer, params: Sequence[nn.Parameter],
-                       scaler: Any, clip: bool) -> None:
-        """Backward, average the gradients over the processes, clip, step (through the grad scaler)."""
+                       scaler: Any, clip: bool, model: nn.Module) -> None:
+        """Backward, average the gradients over the processes, clip, step (through the grad scaler);
+        then ``model``'s buffers are process 0's in every process."""
         opt.zero_grad(set_to_none=True)
-        scaler.scale(total).backward() if scaler is not None else total.backward()
+        (scaler.scale(total) if scaler is not None else total).backward()
         if self.world > 1:
             dist_utils.average_gradients(params)
         if scaler is not None:
@@ -536,22 +536,13 @@ class Searcher:
         else:
             opt.step()
         if self.world > 1:
-            dist_utils.broadcast_buffers(self._buffer_owner())
-
-    def _buffer_owner(self) -> nn.Module:
-        return self.derived_training if self.derived_training is not None else self.model
+            dist_utils.broadcast_buffers(model)
 
     def _log(self, stage: str, record: dict[str, Any], log: list[dict[str, Any]] | None = None) -> None:
         """Append ``record`` to the stage's history (or ``log``) and hand it to every sink."""
         (self.history[stage] if log is None else log).append(record)
         for sink in self.sinks:
             sink(stage, record)
-
-    def _mean_floats(self, losses: Mapping[str, torch.Tensor | None]) -> dict[str, float | None]:
-        """Per-task losses as floats, averaged over the processes (the global batch's mean)."""
-        if self.world == 1:
-            return _floats(losses)
-        return dist_utils.mean_losses(losses)
 
     def tau(self) -> float:
         """The current Gumbel-softmax temperature."""
@@ -598,8 +589,8 @@ class Searcher:
             if all(v is None for v in losses.values()):
                 return None
             total = self.weighting.combine(losses, step=step)
-            self._backward_step(total, self.weight_opt, params, self.scalers["weights"], clip=True)
-        return {"step": step, "loss": self._mean_floats(losses), "total": self._mean_total(total)}
+            self._backward_step(total, self.weight_opt, params, self.scalers["weights"], clip=True, model=self.model)
+        return {"step": step, "loss": dist_utils.mean_losses(losses), "total": dist_utils.mean_scalar(total)}
 
     def _policy_step(self, stream: _Stream) -> dict[str, Any]:
         """One Adam step of the logits on one batch of the policy split, regularizers included."""
@@ -626,10 +617,11 @@ class Searcher:
             present = [v for v in losses.values() if v is not None]
             task_total = self.weighting.combine(losses, step=step) if present else probs.sum() * 0
             total = task_total + c.lambda_policy * reg + budget
-            self._backward_step(total, self.policy_opt, params, self.scalers["policy"], clip=False)
+            self._backward_step(total, self.policy_opt, params, self.scalers["policy"], clip=False, model=self.model)
         self.policy_step += 1
-        return {"step": step, "tau": tau, "loss": self._mean_floats(losses), "total": self._mean_total(total),
-                "sharing": float(reg.detach()), "budget": float(budget.detach()), "cost_ratio": float(ratio.detach())}
+        return {"step": step, "tau": tau, "loss": dist_utils.mean_losses(losses),
+                "total": dist_utils.mean_scalar(total), "sharing": float(reg.detach()),
+                "budget": float(budget.detach()), "cost_ratio": float(ratio.detach())}
 
     # --- stages ---------------------------------------------------------------------------------
     def warmup(self, steps: int | None = None) -> list[dict[str, Any]]:
@@ -783,27 +775,23 @@ class Searcher:
         weighting.train()
         params = list(model.parameters()) + list(weighting.parameters())
         scaler = _scaler(c.amp, self.device)
-        self.derived_training = model
-        try:
-            for step in range(steps):
-                x, targets = _split_batch(stream.next(), self.names, c.allow_missing, self.device)
-                if stream.new_epoch:
-                    _epoch_end(weighting)
-                with self._autocast():
-                    out = _outputs(model, x, self.names)
-                    losses = self._task_losses(out, targets, step)
-                rec = None
-                if any(v is not None for v in losses.values()):
-                    total = weighting.combine(losses, step=step)
-                    self._backward_step(total, opt, params, scaler, clip=True)
-                    rec = {"step": step, "loss": self._mean_floats(losses), "total": self._mean_total(total)}
-                    self._log("finetune", rec, log)
-                if c.eval_every and (step + 1) % c.eval_every == 0 and step + 1 < steps:
-                    self._record_val("finetune", step, evaluate(model, self.tasks, self.loaders["val"],
-                                                                max_batches=c.eval_batches, device=self.device))
-                _tick(bar, rec)
-        finally:
-            self.derived_training = None
+        for step in range(steps):
+            x, targets = _split_batch(stream.next(), self.names, c.allow_missing, self.device)
+            if stream.new_epoch:
+                _epoch_end(weighting)
+            with self._autocast():
+                out = _outputs(model, x, self.names)
+                losses = self._task_losses(out, targets, step)
+            rec = None
+            if any(v is not None for v in losses.values()):
+                total = weighting.combine(losses, step=step)
+                self._backward_step(total, opt, params, scaler, clip=True, model=model)
+                rec = {"step": step, "loss": dist_utils.mean_losses(losses), "total": dist_utils.mean_scalar(total)}
+                self._log("finetune", rec, log)
+            if c.eval_every and (step + 1) % c.eval_every == 0 and step + 1 < steps:
+                self._record_val("finetune", step, evaluate(model, self.tasks, self.loaders["val"],
+                                                            max_batches=c.eval_batches, device=self.device))
+            _tick(bar, rec)
         _close(bar)
         model.eval()
         if searched:
@@ -897,9 +885,8 @@ class Searcher:
         """Write :meth:`state_dict` to ``path`` (atomically: a temporary file, then a rename)."""
         from .checkpoint import save
 
-        state = self.state_dict()  # every process builds it (it may gather); only the first writes
-        if self.rank == 0:
-            save(state, path)
+        if self.rank == 0:  # every process holds the same state; one file is enough
+            save(self.state_dict(), path)
 
     @classmethod
     def resume(cls, path: str | os.PathLike[str], model: SuperModel, tasks: Mapping[str, Task] | Sequence[Task],
@@ -928,11 +915,6 @@ class Searcher:
     def _record_val(self, stage: str, step: int, ev: dict[str, Any]) -> None:
         self._log("val", {"stage": stage, "step": step, **copy.deepcopy(ev)})
 
-    def _mean_total(self, total: torch.Tensor) -> float:
-        if self.world == 1:
-            return float(total.detach())
-        return dist_utils.mean_scalar(total)
-
 
 class _Chain:
     """Iterates several loaders one after the other (one pass of each)."""
@@ -951,10 +933,6 @@ class _Chain:
 def _epoch_end(weighting: Weighting) -> None:
     with contextlib.suppress(ValueError):  # a strategy that saw no loss this epoch keeps its weights
         weighting.epoch_end()
-
-
-def _floats(losses: Mapping[str, torch.Tensor | None]) -> dict[str, float | None]:
-    return {t: (None if v is None else float(v.detach())) for t, v in losses.items()}
 
 
 def _tick(bar: Any, rec: dict[str, Any] | None, tau: float | None = None) -> None:

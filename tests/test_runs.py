@@ -66,7 +66,6 @@ def snapshot(folder: Path) -> dict[str, str]:
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One finished run with the all-shared baseline, made through the command line."""
     folder = tmp_path_factory.mktemp("finished")
-    torch.set_num_threads(1)
     assert main(["search", str(write_config(folder)), "--out", str(folder / "run"), "--quiet"]) == 0
     return folder / "run"
 
