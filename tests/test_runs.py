@@ -211,7 +211,12 @@ def test_torchrun_two_processes_write_one_run(tmp_path: Path) -> None:
 
 
 def test_progress_bars_show_loss_tau_and_eta(tmp_path: Path, capsys, monkeypatch) -> None:
-    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # draw every step of the short run
+    import functools
+
+    import tqdm.auto
+
+    # draw every step of the short run (newer tqdm reads TQDM_MININTERVAL once, at import)
+    monkeypatch.setattr(tqdm.auto, "tqdm", functools.partial(tqdm.auto.tqdm, mininterval=0))
     config = write_config(tmp_path, baselines="[]")
     assert main(["search", str(config), "--out", str(tmp_path / "run")]) == 0
     err = capsys.readouterr().err
