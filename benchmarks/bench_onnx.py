@@ -24,13 +24,13 @@ import torch
 from torch import nn
 
 from automtl import backbones, build
-from automtl.derive import MultiTaskModel
+from automtl.model.derive import MultiTaskModel
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from automtl.app.export import export_onnx  # noqa: E402
 from automtl.compiler.frontends.onnx import from_onnx  # noqa: E402
-from automtl.export import export_onnx  # noqa: E402
 
 BACKBONE = "resnet18"
 SHAPE = (3, 64, 64)

@@ -22,7 +22,7 @@ from torch import nn
 
 import automtl
 from automtl.compiler.codegen import codegen
-from automtl.supermodel import SuperModel, build
+from automtl.model.supermodel import SuperModel, build
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from naive import naive_forward  # noqa: E402

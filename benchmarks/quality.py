@@ -2,7 +2,7 @@
 
     python benchmarks/quality.py --out docs/quality.md
 
-Three dense tasks of :class:`automtl.data.SyntheticScenes` (segmentation, depth, surface normals)
+Three dense tasks of :class:`automtl.train.data.SyntheticScenes` (segmentation, depth, surface normals)
 on the zoo's ``tiny_cnn`` trunk (cut after its residual block, stride 2) with one small dense
 head per task. Every model is trained from scratch for the same number of steps with the same
 optimiser and batch size; the searched architecture comes from a warm-up and a policy search on
@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from automtl.data import SyntheticScenes
-from automtl.search import SearchConfig, Searcher, evaluate
-from automtl.supermodel import build
-from automtl.tasks import Depth, Normals, Segmentation, Task
+from automtl.model.supermodel import build
+from automtl.search.searcher import SearchConfig, Searcher, evaluate
+from automtl.train.data import SyntheticScenes
+from automtl.train.tasks import Depth, Normals, Segmentation, Task
 
 TASKS = ("segmentation", "depth", "normals")
 DEPTH_SCALE = 10.0  # depths (about 1-14 scene units) are divided by this for training, metrics are scaled back

@@ -100,9 +100,9 @@ def tile_tasks(x: torch.Tensor, tasks: int) -> torch.Tensor:
 
 
 def _mtl_module(node: Node, shapes: list[Shape]) -> Any:
-    from automtl import mixing
-
-    return mixing.build_module(node, shapes)
+    # The compiler knows the choice nodes' shapes and costs, not their modules: the runtime that
+    # executes them passes its module factory to codegen (``automtl.model.supermodel``).
+    raise CompileError(f"choice node {node.name!r} ({node.kind}) needs the runtime's module factory in codegen")
 
 
 for _kind in ("mtl_conv2d", "mtl_linear", "mtl_batch_norm"):

@@ -1,6 +1,6 @@
 """The slow, obvious reference for the supermodel: mix OUTPUTS, one task at a time.
 
-The fast supermodel (:mod:`automtl.mixing`) folds a task's shared / specific / skip branches into
+The fast supermodel (:mod:`automtl.model.mixing`) folds a task's shared / specific / skip branches into
 one mixed weight and runs all tasks at once on task-stacked values. This reference does neither:
 for every task it walks the multi-task IR graph node by node on that task's own value and runs
 every branch as its own operator call, then sums the branch outputs weighted by the gates. It
@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from automtl.architecture import Architecture
 from automtl.compiler import ops
 from automtl.compiler.codegen import attr_name
 from automtl.compiler.mtl import BRANCHES
-from automtl.mixing import MixedOp, TaskBatchNorm
+from automtl.model.architecture import Architecture
+from automtl.model.mixing import MixedOp, TaskBatchNorm
 
 
 def _pair(v: Any) -> tuple[int, int]:

@@ -10,9 +10,9 @@ import torch
 from test_search import Labelled, Plain
 from torch import nn
 
-from automtl.search import SearchConfig, Searcher
-from automtl.supermodel import build
-from automtl.tasks import Segmentation
+from automtl.model.supermodel import build
+from automtl.search.searcher import SearchConfig, Searcher
+from automtl.train.tasks import Segmentation
 
 SHIFTS = {"a": 0, "b": 1}
 CONFIG = dict(warmup_steps=4, search_iterations=2, finetune_steps=2, batch_size=8, eval_batches=1, quiet=True, seed=2)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import automtl
-from automtl.cli import COMMANDS, main, parse_shape
+from automtl.app.cli import COMMANDS, main, parse_shape
 from automtl.compiler.errors import CompileError
 
 TOY = """\

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 import automtl
-import automtl.config as config_module
-from automtl.config import (
+import automtl.app.config as config_module
+from automtl.app.config import (
     BackboneConfig,
     ConfigError,
     DataConfig,
@@ -29,8 +29,8 @@ from automtl.config import (
     load_config,
     resolve_device,
 )
-from automtl.search import SearchConfig
-from automtl.tasks import Classification, Depth, Normals, Segmentation, dense_head
+from automtl.search.searcher import SearchConfig
+from automtl.train.tasks import Classification, Depth, Normals, Segmentation, dense_head
 
 EXAMPLE_YAML = re.search(r"```yaml\n(.*?)```", config_module.__doc__ or "", re.S).group(1)
 
@@ -365,7 +365,7 @@ def _batch(dataset: torch.utils.data.Dataset, n: int) -> tuple[torch.Tensor, dic
 def test_build_tiny_config(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, TINY_YAML))
     tasks = build_tasks(cfg)
-    assert [type(t) for t in tasks.values()] == [Segmentation, Depth, Normals, automtl.tasks.Edges]
+    assert [type(t) for t in tasks.values()] == [Segmentation, Depth, Normals, automtl.train.tasks.Edges]
     assert tasks["segmentation"].num_classes == 4 and tasks["depth"].weight == 0.5
     assert tasks["edges"].pos_weight == "auto"
     data = build_dataset(cfg)

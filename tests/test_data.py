@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from automtl import data
-from automtl.data import MultiDigits, MultiDomain, SyntheticScenes, collate, make_collate, split_dataset
-from automtl.tasks import Classification, Segmentation
+from automtl.train import data
+from automtl.train.data import MultiDigits, MultiDomain, SyntheticScenes, collate, make_collate, split_dataset
+from automtl.train.tasks import Classification, Segmentation
 
 
 @pytest.fixture(scope="module")

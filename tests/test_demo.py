@@ -6,8 +6,8 @@ import json
 
 import torch
 
-from automtl.cli import main
-from automtl.derive import MultiTaskModel
+from automtl.app.cli import main
+from automtl.model.derive import MultiTaskModel
 
 
 def test_demo_writes_a_run_directory_with_three_rows(tmp_path, capsys) -> None:
@@ -52,7 +52,7 @@ def test_export_cli_writes_a_checked_onnx_file_and_a_state_dict(tmp_path, capsys
 
 
 def test_demo_never_writes_into_an_earlier_run(tmp_path) -> None:
-    from automtl.demo import free_run_dir
+    from automtl.app.demo import free_run_dir
 
     base = tmp_path / "runs" / "demo"
     assert free_run_dir(base) == base

@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from automtl import backbones, build
-from automtl.architecture import Architecture
-from automtl.derive import MultiTaskModel, derive
-from automtl.mixing import MixedOp, TaskBatchNorm
-from automtl.supermodel import SuperModel
+from automtl.model.architecture import Architecture
+from automtl.model.derive import MultiTaskModel, derive
+from automtl.model.mixing import MixedOp, TaskBatchNorm
+from automtl.model.supermodel import SuperModel
 
 EVAL_TOL = 1e-5  # float32, running statistics
 TRAIN_TOL = 1e-8  # float64: train-mode BN on small deep feature maps amplifies float32 rounding past 1e-5

@@ -1,4 +1,4 @@
-"""Data-parallel search (:mod:`automtl.distributed`): two gloo processes on the CPU.
+"""Data-parallel search (:mod:`automtl.search.distributed`): two gloo processes on the CPU.
 
 The 2-process run must finish with identical logits, weights and buffers in both processes and,
 on a network without batch norm (whose batch statistics depend on the share of the batch), match
@@ -17,10 +17,10 @@ import torch.multiprocessing as mp
 from test_search import Labelled, Plain
 from torch import nn
 
-from automtl import distributed
-from automtl.search import SearchConfig, Searcher
-from automtl.supermodel import build
-from automtl.tasks import Segmentation
+from automtl.model.supermodel import build
+from automtl.search import distributed
+from automtl.search.searcher import SearchConfig, Searcher
+from automtl.train.tasks import Segmentation
 
 SHIFTS = {"a": 0, "b": 1}
 CONFIG = dict(warmup_steps=3, search_iterations=3, weight_steps_per_iter=1, policy_steps_per_iter=1,

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from automtl import build
-from automtl.derive import MultiTaskModel
-from automtl.export import export_onnx
-from automtl.supermodel import SuperModel
+from automtl.app.export import export_onnx
+from automtl.model.derive import MultiTaskModel
+from automtl.model.supermodel import SuperModel
 
 
 @pytest.fixture(autouse=True, scope="module")

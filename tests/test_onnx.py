@@ -16,12 +16,12 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from torch import nn
 
 from automtl import backbones  # noqa: E402
+from automtl.app.export import ExportCheckError, check_onnx, export_onnx  # noqa: E402
 from automtl.compiler.codegen import codegen  # noqa: E402
 from automtl.compiler.errors import CompileError  # noqa: E402
 from automtl.compiler.frontends.fx import from_module  # noqa: E402
 from automtl.compiler.frontends.onnx import MAX_OPSET, from_onnx  # noqa: E402
 from automtl.compiler.ir import Graph  # noqa: E402
-from automtl.export import ExportCheckError, check_onnx, export_onnx  # noqa: E402
 
 RNG = np.random.default_rng(0)
 

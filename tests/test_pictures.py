@@ -12,8 +12,7 @@ import pytest
 pytest.importorskip("matplotlib")
 np = pytest.importorskip("numpy")
 
-from automtl.architecture import Architecture  # noqa: E402
-from automtl.pictures import (  # noqa: E402
+from automtl.app.pictures import (  # noqa: E402
     _label_step,
     _sharing_size,
     _similarity_size,
@@ -23,6 +22,7 @@ from automtl.pictures import (  # noqa: E402
     task_similarity,
     training_curves,
 )
+from automtl.model.architecture import Architecture  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DPI = 50  # small pictures keep the tests fast; sizes still follow figsize x dpi

@@ -1,4 +1,4 @@
-"""Checkpoint and exact resume of a search (:mod:`automtl.checkpoint`).
+"""Checkpoint and exact resume of a search (:mod:`automtl.search.checkpoint`).
 
 A search stopped after ``k`` steps, saved to disk, loaded into a fresh model and searcher (with
 the global RNG disturbed in between) and resumed must reach the same bits at step ``n`` as an
@@ -18,10 +18,10 @@ import torch
 from test_search import Labelled, Plain
 from torch import nn
 
-from automtl.checkpoint import FORMAT, VERSION
-from automtl.search import SearchConfig, Searcher
-from automtl.supermodel import build
-from automtl.tasks import Segmentation
+from automtl.model.supermodel import build
+from automtl.search.checkpoint import FORMAT, VERSION
+from automtl.search.searcher import SearchConfig, Searcher
+from automtl.train.tasks import Segmentation
 
 SHIFTS = {"a": 0, "b": 1}
 # 64 items: weights/policy splits of 26 -> 3 batches of 8 per epoch; 4 + 4 * (1 + 2) = 16 steps

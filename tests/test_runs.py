@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from automtl.cli import main
-from automtl.derive import MultiTaskModel
+from automtl.app.cli import main
+from automtl.model.derive import MultiTaskModel
 
 CONFIG = """\
 backbone:
@@ -230,7 +230,7 @@ def test_progress_bars_show_loss_tau_and_eta(tmp_path: Path, capsys, monkeypatch
 
 def test_interrupted_search_resumes_from_its_last_checkpoint(finished: Path, tmp_path: Path, monkeypatch,
                                                              capsys) -> None:
-    from automtl import runs
+    from automtl.app import runs
 
     real = runs.MetricsWriter.__call__
     seen = []

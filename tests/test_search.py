@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from automtl.regularizers import CostModel, budget_penalty, fit_to_budget, sharing_regularizer
-from automtl.search import SearchConfig, Searcher, search, temperature
-from automtl.supermodel import SuperModel, build
-from automtl.tasks import Segmentation, TaskInputError
+from automtl.model.supermodel import SuperModel, build
+from automtl.search.regularizers import CostModel, budget_penalty, fit_to_budget, sharing_regularizer
+from automtl.search.searcher import SearchConfig, Searcher, search, temperature
+from automtl.train.tasks import Segmentation, TaskInputError
 
 
 @pytest.fixture(autouse=True, scope="module")

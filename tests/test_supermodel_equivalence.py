@@ -20,8 +20,8 @@ from naive import naive_forward
 from torch import nn
 
 from automtl import backbones
-from automtl.mixing import MixedOp, TaskBatchNorm
-from automtl.supermodel import SuperModel, build
+from automtl.model.mixing import MixedOp, TaskBatchNorm
+from automtl.model.supermodel import SuperModel, build
 
 DTYPE = torch.float64
 RTOL = 1e-5

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from automtl.tasks import (
+from automtl.train.tasks import (
     TASKS,
     Classification,
     Depth,

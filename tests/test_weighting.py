@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from automtl.weighting import DWA, WEIGHTINGS, Equal, Static, Uncertainty, Weighting, get_weighting
+from automtl.train.weighting import DWA, WEIGHTINGS, Equal, Static, Uncertainty, Weighting, get_weighting
 
 
 def _losses(*values: float) -> dict[str, torch.Tensor]:

@@ -35,13 +35,13 @@ from typing import Any
 
 import torch
 
-from . import __version__
-from . import distributed as dist_utils
-from .architecture import Architecture
+from .. import __version__
+from ..model.architecture import Architecture
+from ..model.derive import MultiTaskModel
+from ..search import distributed as dist_utils
+from ..search.searcher import Searcher
+from ..train.tasks import Task
 from .config import RunConfig, build_dataset, build_model, build_tasks, dump_config, load_config
-from .derive import MultiTaskModel
-from .search import Searcher
-from .tasks import Task
 
 __all__ = ["FORMAT", "META", "VERSION", "MetricsWriter", "Row", "RunDir", "delta_mtl", "format_table", "run_search"]
 

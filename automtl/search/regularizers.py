@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from .compiler.mtl import SHARED, SKIP, SPECIFIC
+from ..compiler.mtl import SHARED, SKIP, SPECIFIC
 
 if TYPE_CHECKING:
-    from .supermodel import SuperModel
+    from ..model.supermodel import SuperModel
 
 __all__ = ["BUDGET_MODES", "COST_KINDS", "CostModel", "budget_penalty", "fit_to_budget", "sharing_regularizer"]
 
@@ -195,7 +195,7 @@ class CostModel:
     def _heads(self) -> tuple[int, int]:
         """Head params, and head FLOPs from one derived model (heads cost the same in every derivation)."""
         if self._head_flops is None:
-            from .derive import derive
+            from ..model.derive import derive
 
             m = self._model
             derived = derive(m, m.uniform_architecture("shared"), multi_domain=self.multi_domain)

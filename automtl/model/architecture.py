@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .compiler.ir import Graph
-from .compiler.mtl import BRANCHES
+from ..compiler.ir import Graph
+from ..compiler.mtl import BRANCHES
 
-FORMAT = "automtl.architecture/1"
+FORMAT = "automtl.model.architecture/1"
 
 
 def digest(graph: Graph) -> str:

@@ -16,13 +16,14 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from ..compiler.codegen import build_module, codegen, node_modules
+from ..compiler.errors import CompileError
+from ..compiler.ir import Graph
+from ..compiler.mtl import BRANCHES, Choice, MTLOptions, rewrite
+from ..compiler.passes import cut
 from .architecture import Architecture, digest
-from .compiler.codegen import codegen, node_modules
-from .compiler.errors import CompileError
-from .compiler.ir import Graph
-from .compiler.mtl import BRANCHES, Choice, MTLOptions, rewrite
-from .compiler.passes import cut
 from .mixing import BATCHING, MixedOp, TaskBatchNorm
+from .mixing import build_module as build_choice_module
 
 MODES = ("soft", "hard", "fixed", "warmup")
 
@@ -67,6 +68,11 @@ class Policy(nn.Module):
         return hard - soft.detach() + soft  # straight-through: forward one-hot, gradient of soft
 
 
+def _module_factory(node: Any, shapes: list[Any]) -> nn.Module:
+    """Codegen's modules: the runtime's for choice nodes, the compiler's for every other operator."""
+    return build_choice_module(node, shapes) if node.kind.startswith("mtl_") else build_module(node, shapes)
+
+
 def _on_cuda(out: Mapping[str, torch.Tensor]) -> bool:
     return any(o.is_cuda for o in out.values())
 
@@ -104,7 +110,7 @@ class SuperModel(nn.Module):
         self.options = options
         self.backbone_digest = digest(graph)
         self.mtl_graph, self.choices = rewrite(graph, self.task_names, options)
-        self.trunk = codegen(self.mtl_graph, class_name="Trunk")
+        self.trunk = codegen(self.mtl_graph, _module_factory, class_name="Trunk")
         self._multi_domain: fx.GraphModule | None = None
         self.heads = nn.ModuleDict(dict(heads))
         self.policy = Policy(len(self.task_names), self.choices)
@@ -252,7 +258,7 @@ class SuperModel(nn.Module):
         return Architecture(self.backbone_digest, list(self.task_names), self.options.to_dict(), choices)
 
     def derive(self, architecture: Architecture) -> Any:
-        """The compact multi-task model for ``architecture`` (see :mod:`automtl.derive`)."""
+        """The compact multi-task model for ``architecture`` (see :mod:`automtl.model.derive`)."""
         from .derive import derive
 
         return derive(self, architecture)
@@ -279,7 +285,7 @@ def build(
     kinds that become choices; ``bn`` is ``"specific"`` (a BN per task) or ``"follow"`` (BN
     shares as its producer does, so shared computation stays shared).
     """
-    from .api import compile as compile_backbone
+    from ..api import compile as compile_backbone
 
     names = _check_tasks(tasks)
     options = MTLOptions(tuple(searchable), bn, skip)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import __version__
+from .. import __version__
 
 PROG = "automtl"
 ERROR_EXIT = 2
@@ -100,7 +100,7 @@ def graph_report(graph: Any) -> dict[str, Any]:
 
 
 def _compile_run(args: argparse.Namespace) -> int:
-    from .api import compile as compile_backbone
+    from ..api import compile as compile_backbone
 
     graph = compile_backbone(args.backbone, args.input_shape, dialect=args.dialect)
     if args.json:
@@ -117,7 +117,7 @@ def _compile_run(args: argparse.Namespace) -> int:
 
 def _zoo_names() -> str:
     try:
-        from . import backbones
+        from .. import backbones
 
         return ", ".join(backbones.names())
     except ImportError:  # pragma: no cover - the zoo ships with the package
@@ -137,7 +137,7 @@ def _search_arguments(p: argparse.ArgumentParser) -> None:
 
 def _distributed(run: Callable[[], int]) -> int:
     """Run under the process group ``torchrun`` describes, if any; leave it afterwards."""
-    from . import distributed
+    from ..search import distributed
 
     joined = distributed.init_from_env()
     try:
@@ -244,7 +244,7 @@ def _show_arguments(p: argparse.ArgumentParser) -> None:
 def _show_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .architecture import Architecture
+    from ..model.architecture import Architecture
     from .pictures import render_all
     from .runs import RunDir, load_history
 
@@ -295,7 +295,7 @@ def _export_run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .derive import MultiTaskModel
+    from ..model.derive import MultiTaskModel
     from .export import check_onnx, export_onnx
 
     src = Path(args.run_dir)
@@ -401,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version and usage errors: argparse has printed them
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else ERROR_EXIT)
-    from .compiler.errors import CompileError
+    from ..compiler.errors import CompileError
 
     try:
         return int(args.run(args))

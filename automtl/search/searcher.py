@@ -5,7 +5,7 @@
 
 Each stage is a method of :class:`Searcher` and can run alone; :func:`search` chains them.
 ``Searcher.run(stop_after=k, checkpoint=path)`` stops after ``k`` steps and saves a checkpoint;
-``Searcher.resume(path, model, tasks, data).run()`` goes on bit for bit (:mod:`automtl.checkpoint`).
+``Searcher.resume(path, model, tasks, data).run()`` goes on bit for bit (:mod:`automtl.search.checkpoint`).
 
 * warm-up: weights only, every branch mixed uniformly (``mode="warmup"``); ends with
   ``model.fill_specific()`` so every task's specific branch starts from the trained shared one;
@@ -16,7 +16,7 @@ Each stage is a method of :class:`Searcher` and can run alone; :func:`search` ch
 * derive: the argmax architecture, or the best on validation of the argmax and ``k`` samples;
   with a budget, then fitted to it (a spread policy's argmax can miss a budget its expected
   cost meets);
-* fine-tune: the derived :class:`~automtl.derive.MultiTaskModel`, from the supermodel's weights
+* fine-tune: the derived :class:`~automtl.model.derive.MultiTaskModel`, from the supermodel's weights
   or from scratch, on the weights and policy splits together.
 
 Batches are ``(x, {task: y})`` (one input, many labels; a ``None`` label is masked) or
@@ -39,14 +39,14 @@ import torch
 from torch import nn
 from torch.utils.data import BatchSampler, ConcatDataset, DataLoader, Dataset, RandomSampler
 
+from ..model.architecture import Architecture
+from ..model.derive import MultiTaskModel, derive
+from ..model.supermodel import SuperModel
+from ..train.data import make_collate, split_dataset
+from ..train.tasks import Task, check_finite
+from ..train.weighting import Weighting, get_weighting
 from . import distributed as dist_utils
-from .architecture import Architecture
-from .data import make_collate, split_dataset
-from .derive import MultiTaskModel, derive
 from .regularizers import BUDGET_MODES, COST_KINDS, CostModel, budget_penalty, fit_to_budget, sharing_regularizer
-from .supermodel import SuperModel
-from .tasks import Task, check_finite
-from .weighting import Weighting, get_weighting
 
 __all__ = ["SearchConfig", "SearchResult", "Searcher", "evaluate", "search", "temperature"]
 
@@ -367,10 +367,10 @@ def evaluate(
 class Searcher:
     """Runs the stages of the search on one SuperModel; each stage is a method that can run alone.
 
-    ``data`` is one dataset, split by :func:`automtl.data.split_dataset` into (weights, policy,
+    ``data`` is one dataset, split by :func:`automtl.train.data.split_dataset` into (weights, policy,
     val) with ``config.split_fractions``, or a sequence of those three, each a ``Dataset`` or an
     iterable of ready batches (a ``DataLoader``). ``tasks`` maps every task of the model to its
-    :class:`~automtl.tasks.Task` (or is a sequence of tasks, named by ``task.name``).
+    :class:`~automtl.train.tasks.Task` (or is a sequence of tasks, named by ``task.name``).
     """
 
     def __init__(
@@ -435,7 +435,7 @@ class Searcher:
             for attr in ("loss", "metric_state", "update", "compute"):
                 if not callable(getattr(given[name], attr, None)):
                     raise ValueError(f"task '{name}': {attr}: the task object {type(given[name]).__name__} has no "
-                                     f"{attr}() (use an automtl.tasks.Task)")
+                                     f"{attr}() (use an automtl.train.tasks.Task)")
         extra = [t for t in given if t not in self.names]
         if extra:
             raise ValueError(f"task '{extra[0]}': no head: the model's tasks are {self.names}")
@@ -686,7 +686,7 @@ class Searcher:
         """The searched architecture: ``argmax`` of the policy, or the best on validation of the argmax
         and ``k`` sampled candidates (``sample``; candidates over the budget are dropped first).
 
-        With a budget, the choice is then fitted to it (:func:`~automtl.regularizers.fit_to_budget`):
+        With a budget, the choice is then fitted to it (:func:`~automtl.search.regularizers.fit_to_budget`):
         brought under the target (``budget_mode="max"``), or as close below it as single switches
         allow (``"target"``), giving up the least policy probability per unit of cost.
         """
@@ -870,7 +870,7 @@ class Searcher:
 
     # --- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything an exact resume needs (see :mod:`automtl.checkpoint`); tensors are not copied."""
+        """Everything an exact resume needs (see :mod:`automtl.search.checkpoint`); tensors are not copied."""
         from .checkpoint import searcher_state
 
         return searcher_state(self)

@@ -5,7 +5,7 @@
 
 A checkpoint holds the supermodel's weights and buffers (lazily sized specific weights included),
 the policy logits, both optimisers' states, the loss weighting's state, the step counters (τ
-follows from the policy step), where :meth:`~automtl.search.Searcher.run` stands (stage and step
+follows from the policy step), where :meth:`~automtl.search.searcher.Searcher.run` stands (stage and step
 within it), the history, the data order (each stream's epoch, the batches consumed in the
 current pass and its loader's generator state at the pass start) and the RNG states (torch CPU,
 CUDA when initialised, python ``random``, numpy when imported). A resumed run is bit-identical to
@@ -27,14 +27,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .architecture import Architecture
+from ..model.architecture import Architecture
 
 if TYPE_CHECKING:
-    from .search import SearchConfig, Searcher
+    from .searcher import SearchConfig, Searcher
 
 __all__ = ["FORMAT", "VERSION", "load", "load_searcher_state", "save", "saved_config", "searcher_state"]
 
-FORMAT = "automtl.search-checkpoint"
+FORMAT = "automtl.search.searcher-checkpoint"
 VERSION = 1
 #: config fields that may differ between the checkpoint and the resumed run
 FREE_FIELDS = ("quiet", "device", "num_workers")
@@ -112,8 +112,8 @@ def check(state: Any) -> None:
 
 
 def saved_config(state: Mapping[str, Any]) -> SearchConfig:
-    """The :class:`~automtl.search.SearchConfig` a checkpoint was made with."""
-    from .search import SearchConfig
+    """The :class:`~automtl.search.searcher.SearchConfig` a checkpoint was made with."""
+    from .searcher import SearchConfig
 
     check(state)
     cfg = dict(state["config"])

@@ -24,7 +24,7 @@ data:
   name: synthetic_scenes    # synthetic_scenes | multi_digits
   images: 500               # dataset size (the constructor's ``n``)
   size: 32                  # other keys: the dataset constructor's own keyword arguments
-search:                     # any automtl.search.SearchConfig field but seed, device, amp, quiet
+search:                     # any automtl.search.searcher.SearchConfig field but seed, device, amp, quiet
   warmup_steps: 60
   search_iterations: 40
   finetune_steps: 80
@@ -36,16 +36,16 @@ baselines: [independent, all-shared]   # models trained for comparison in the re
 checkpoint_every: 200       # search steps between checkpoints (0: only at the end)
 ```
 
-Tasks: ``kind`` is one of :data:`automtl.tasks.TASKS` (classification, segmentation, depth,
+Tasks: ``kind`` is one of :data:`automtl.train.tasks.TASKS` (classification, segmentation, depth,
 normals, edges) and must fit the target (a ``synthetic_scenes`` target's kind is its name, every
 ``multi_digits`` target is a classification). ``head`` is ``auto`` (``dense`` for per-pixel
-tasks, ``classification`` for classification), ``dense`` (:func:`automtl.tasks.dense_head`, with
-``hidden_channels``) or ``classification`` (:func:`automtl.tasks.classification_head`). Any other
+tasks, ``classification`` for classification), ``dense`` (:func:`automtl.train.tasks.dense_head`, with
+``hidden_channels``) or ``classification`` (:func:`automtl.train.tasks.classification_head`). Any other
 key is a keyword argument of the task's constructor (``weight``, ``num_classes``, ``ignore_index``,
 ``pos_weight``...); ``num_classes`` defaults to the data's.
 
-Data: ``synthetic_scenes`` (:class:`automtl.data.SyntheticScenes`, images ``(3, size, size)``,
-targets segmentation, depth, normals, edges) or ``multi_digits`` (:class:`automtl.data.MultiDigits`,
+Data: ``synthetic_scenes`` (:class:`automtl.train.data.SyntheticScenes`, images ``(3, size, size)``,
+targets segmentation, depth, normals, edges) or ``multi_digits`` (:class:`automtl.train.data.MultiDigits`,
 images ``(channels, size, 2 * size)``, targets left, right, sum_parity, larger). Keys other than
 ``name`` and ``images`` are the constructor's keyword arguments; ``seed`` defaults to the top-level
 seed, ``size`` to the input shape's (``channels`` too, for multi_digits), and only the configured
@@ -83,10 +83,10 @@ import yaml
 from torch import nn
 from torch.utils.data import Dataset
 
-from .data import MultiDigits, SyntheticScenes
-from .search import SearchConfig
-from .supermodel import SuperModel, build
-from .tasks import TASKS, Classification, Task, TaskInputError, classification_head, dense_head
+from ..model.supermodel import SuperModel, build
+from ..search.searcher import SearchConfig
+from ..train.data import MultiDigits, SyntheticScenes
+from ..train.tasks import TASKS, Classification, Task, TaskInputError, classification_head, dense_head
 
 __all__ = [
     "BASELINES",
@@ -682,7 +682,7 @@ def _backbone(ctx: _Ctx, section: Mapping) -> BackboneConfig:
             raise ctx.error(("backbone", "name"), f"backbone.name: no such backbone file {str(file)!r}{where}")
         name = str(file.resolve())
     else:
-        from . import backbones
+        from .. import backbones
 
         zoo = backbones.names()
         if name not in zoo:
@@ -932,7 +932,7 @@ def build_model(cfg: RunConfig, task_names: Sequence[str] | None = None) -> Supe
     made for it. Weights are initialised under ``torch.manual_seed(cfg.seed)`` inside a forked RNG,
     so a config always builds the same initial model and the global RNG is left alone.
     """
-    from .api import compile as compile_backbone
+    from ..api import compile as compile_backbone
 
     ctx = _ctx_of(cfg)
     names = list(cfg.tasks) if task_names is None else list(task_names)
@@ -995,7 +995,7 @@ def demo_config(
     """The built-in demo (``automtl demo``) as a run configuration; the keywords override its settings.
 
     Segmentation, depth and normals on SyntheticScenes with dense heads of 32 hidden channels on
-    ``trunk_output``: the model :func:`build_model` makes is the one :mod:`automtl.demo` searches.
+    ``trunk_output``: the model :func:`build_model` makes is the one :mod:`automtl.app.demo` searches.
     """
     dense = {"head": "dense", "hidden_channels": 32}
     return config_from_dict({

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .architecture import Architecture
+from ..model.architecture import Architecture
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,7 +40,7 @@ def _matplotlib() -> Any:
         from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "automtl.pictures needs matplotlib (and numpy): install the data extra with "
+            "automtl.app.pictures needs matplotlib (and numpy): install the data extra with "
             "pip install 'automtl[data]'"
         ) from exc
     return matplotlib
@@ -308,7 +308,7 @@ def training_curves(history: Mapping[str, Any], path: str | os.PathLike, tasks: 
     """Per-task training loss vs step with stages (warm-up, search, fine-tune) laid end to end and
     their boundaries marked; validation losses (``history["val"]``) as diamonds. Returns ``path``.
 
-    ``history`` is :attr:`~automtl.search.SearchResult.history`. In the search stage the x axis
+    ``history`` is :attr:`~automtl.search.searcher.SearchResult.history`. In the search stage the x axis
     counts weight steps; policy-step losses are stretched over the same span and drawn dashed.
     """
     stages = _loss_records(history)
@@ -405,7 +405,7 @@ def render_all(result_or_arch: Any, out_dir: str | os.PathLike,
                history: Mapping[str, Any] | None = None) -> dict[str, Path]:
     """Write ``sharing.png``, ``similarity.png`` and (when a history is there) ``curves.png`` into
     ``out_dir``, from an :class:`Architecture` (and ``history``) or anything with ``.architecture``
-    (and ``.history``), such as a :class:`~automtl.search.SearchResult`. Returns ``{"sharing": path, ...}``."""
+    (and ``.history``), such as a :class:`~automtl.search.searcher.SearchResult`. Returns ``{"sharing": path, ...}``."""
     if isinstance(result_or_arch, Architecture):
         arch = result_or_arch
     elif isinstance(getattr(result_or_arch, "architecture", None), Architecture):

@@ -1,4 +1,4 @@
-"""Data-parallel search across processes (``torchrun``), for :class:`~automtl.search.Searcher`.
+"""Data-parallel search across processes (``torchrun``), for :class:`~automtl.search.searcher.Searcher`.
 
 >>> torchrun --nproc_per_node 2 -m automtl search run.yaml      # gloo on CPU, NCCL on CUDA
 

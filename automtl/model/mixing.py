@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .compiler.ir import Node
-from .compiler.ops import _pair
+from ..compiler.ir import Node
+from ..compiler.ops import _pair
 
 BATCHING = ("dense", "grouped")
 

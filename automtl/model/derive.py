@@ -20,10 +20,10 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from ..compiler.codegen import build_module, codegen, node_modules
+from ..compiler.ir import Graph, Node
+from ..compiler.passes import infer
 from .architecture import Architecture
-from .compiler.codegen import build_module, codegen, node_modules
-from .compiler.ir import Graph, Node
-from .compiler.passes import infer
 
 if TYPE_CHECKING:
     from .supermodel import SuperModel
@@ -283,7 +283,7 @@ _MTL_ATTRS = {"base_kind", "index", "tasks", "skip", "branches", "shared_input",
 
 def _add_head(out: Graph, head: nn.Module, task: str, feat: str) -> str:
     """Inline ``head`` (traced) after ``feat``; fall back to one opaque call."""
-    from .compiler.frontends.fx import OpaqueOperatorWarning, from_module
+    from ..compiler.frontends.fx import OpaqueOperatorWarning, from_module
 
     head = copy.deepcopy(head).eval()
     # a bare leaf (nn.Linear) traces as opaque functional calls; as a child it becomes a typed operator
@@ -314,7 +314,7 @@ def _add_head(out: Graph, head: nn.Module, task: str, feat: str) -> str:
 
 
 def _ref0() -> Any:
-    from .compiler.ops import Ref
+    from ..compiler.ops import Ref
 
     return Ref(0)
 

@@ -1,7 +1,7 @@
 """The demo (``automtl demo`` / ``make demo``): compile a zoo backbone, search on SyntheticScenes,
 derive, and compare independent single-task models, the all-shared model and the searched one.
 
-It is :func:`automtl.runs.run_search` on :func:`automtl.config.demo_config`: the same run directory
+It is :func:`automtl.app.runs.run_search` on :func:`automtl.app.config.demo_config`: the same run directory
 as ``automtl search``. Every model gets the same number of weight steps, so the comparison is
 about the architecture.
 """

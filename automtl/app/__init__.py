@@ -1,0 +1,1 @@
+"""The application layer: the command line, config files, run directories, pictures and export."""

@@ -1,0 +1,1 @@
+"""What a model is trained on and for: tasks (losses, metrics, heads), datasets, loss weightings."""
