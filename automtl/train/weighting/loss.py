@@ -1,102 +1,22 @@
-"""Loss weighting strategies: combine per-task losses into the one total loss that is optimised.
+"""Loss-level weightings: a weighted sum of the task losses, backpropagated as one total.
 
-Every strategy is an ``nn.Module`` behind one interface, so a trainer treats them alike:
-
-* ``combine(losses, step=None, epoch=None) -> Tensor``: the weighted total of the tasks present in
-  ``losses`` (a task whose loss is ``None`` or absent had no label in the batch and adds nothing);
-* ``weights() -> dict[str, float]``: the current effective weight of each task, for logging;
-* ``epoch_end(avg_losses=None)``: a hook called once per epoch (used by DWA);
-* ``parameters()``: learnable weighting parameters (uncertainty's log-variances) for the optimiser
-  of the weights; empty for the other strategies.
-
-Strategies are selected by name with :func:`get_weighting`.
+Equal, static, uncertainty (Kendall et al., 2018) and DWA (Liu et al., 2019).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-__all__ = [
-    "DWA",
-    "Equal",
-    "Static",
-    "Uncertainty",
-    "WEIGHTINGS",
-    "Weighting",
-    "get_weighting",
-]
+from .base import Weighting, register_weighting
+
+__all__ = ["DWA", "Equal", "Static", "Uncertainty"]
 
 
-class Weighting(nn.Module):
-    """Base class: validates task names and the per-step loss dictionaries."""
-
-    name: ClassVar[str] = "base"
-
-    def __init__(self, task_names: Iterable[str]) -> None:
-        super().__init__()
-        if isinstance(task_names, str):
-            raise ValueError(f"task_names must be an iterable of task names, not the string {task_names!r}")
-        names = list(task_names)
-        if not names:
-            raise ValueError(f"{self.name} weighting: no task names given")
-        for n in names:
-            if not isinstance(n, str) or not n:
-                raise ValueError(f"{self.name} weighting: task names must be non-empty strings, got {n!r}")
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"{self.name} weighting: duplicate task names {dupes}")
-        self.task_names: tuple[str, ...] = tuple(names)
-        self._index = {n: i for i, n in enumerate(names)}
-
-    def _present(self, losses: Mapping[str, Tensor | None]) -> list[tuple[int, str, Tensor]]:
-        """(index, name, loss) of the tasks with a loss this step, in ``task_names`` order."""
-        unknown = [n for n in losses if n not in self._index]
-        if unknown:
-            raise ValueError(
-                f"{self.name} weighting: loss for unknown task(s) {unknown}; known: {list(self.task_names)}"
-            )
-        out = []
-        for n in self.task_names:
-            value = losses.get(n)
-            if value is None:
-                continue
-            if not isinstance(value, Tensor) or value.numel() != 1:
-                shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-                raise ValueError(
-                    f"{self.name} weighting: task '{n}': loss must be a scalar tensor, got {shape}"
-                )
-            out.append((self._index[n], n, value.reshape(())))
-        if not out:
-            raise ValueError(f"{self.name} weighting: no task has a loss this step (all targets missing)")
-        return out
-
-    def combine(
-        self, losses: Mapping[str, Tensor | None], step: int | None = None, epoch: int | None = None
-    ) -> Tensor:
-        """The total loss of the tasks present in ``losses``."""
-        raise NotImplementedError
-
-    def forward(
-        self, losses: Mapping[str, Tensor | None], step: int | None = None, epoch: int | None = None
-    ) -> Tensor:
-        return self.combine(losses, step=step, epoch=epoch)
-
-    def weights(self) -> dict[str, float]:
-        """The current weight of each task (what multiplies its loss)."""
-        raise NotImplementedError
-
-    def epoch_end(self, avg_losses: Mapping[str, float] | None = None) -> None:
-        """Called once at the end of every training epoch; a no-op unless the strategy needs it."""
-
-    def extra_repr(self) -> str:
-        return f"tasks={list(self.task_names)}"
-
-
+@register_weighting
 class Equal(Weighting):
     """Every task weighs 1: the total is the plain sum of the losses present."""
 
@@ -111,6 +31,7 @@ class Equal(Weighting):
         return dict.fromkeys(self.task_names, 1.0)
 
 
+@register_weighting
 class Static(Weighting):
     """Fixed user weights: total = sum_t w_t * L_t. Every task needs a finite weight >= 0."""
 
@@ -146,6 +67,7 @@ class Static(Weighting):
         return f"weights={self._weights}"
 
 
+@register_weighting
 class Uncertainty(Weighting):
     """Homoscedastic uncertainty weighting (Kendall et al., 2018).
 
@@ -176,6 +98,7 @@ class Uncertainty(Weighting):
         return dict(zip(self.task_names, w, strict=True))
 
 
+@register_weighting
 class DWA(Weighting):
     """Dynamic Weight Average (Liu et al., 2019).
 
@@ -247,19 +170,3 @@ class DWA(Weighting):
 
     def extra_repr(self) -> str:
         return f"tasks={list(self.task_names)}, temperature={self.temperature}"
-
-
-WEIGHTINGS: dict[str, type[Weighting]] = {
-    "equal": Equal,
-    "static": Static,
-    "uncertainty": Uncertainty,
-    "dwa": DWA,
-}
-
-
-def get_weighting(name: str, task_names: Iterable[str], **kwargs: Any) -> Weighting:
-    """Build the weighting strategy ``name`` ("equal", "static", "uncertainty", "dwa") for these tasks."""
-    cls = WEIGHTINGS.get(name.lower()) if isinstance(name, str) else None
-    if cls is None:
-        raise ValueError(f"unknown loss weighting {name!r}; available: {', '.join(sorted(WEIGHTINGS))}")
-    return cls(task_names, **kwargs)
