@@ -15,6 +15,7 @@ value where it meets a stacked one.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,8 +25,27 @@ from .errors import CompileError
 from .ir import Graph, Node, Shape
 from .ops import OpKind, _pair, get, register
 
-BRANCHES = ("shared", "specific", "skip")
-SHARED, SPECIFIC, SKIP = range(3)
+BRANCHES = ("shared", "specific", "skip")  # the options of the built-in ``branches`` choice kind
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a choice node: its name, the weight bank it uses, and its channel width.
+
+    ``bank`` is ``"shared"`` (one bank for all tasks), ``"task"`` (each task its own), any other
+    string (a bank shared by the tasks that pick it: a group's, a block variant's) or ``None``
+    (no weights: a skip or a zero block).
+    """
+
+    name: str
+    bank: str | None
+    width: float | None = None
+
+    def bank_key(self, task: int) -> Any:
+        """Whose weights a task taking this option uses: equal keys mean one bank (one value)."""
+        if self.bank == "task":
+            return ("task", task)
+        return self.bank
 
 
 @dataclass(frozen=True)
@@ -35,6 +55,7 @@ class MTLOptions:
     searchable: tuple[str, ...] = ("conv2d",)
     bn: str = "specific"
     skip: bool = True
+    choice: str = "branches"  # the choice kind searchable operators become (automtl.model.choices)
 
     def __post_init__(self) -> None:
         if self.bn not in ("specific", "follow"):
@@ -48,19 +69,45 @@ class MTLOptions:
         d["searchable"] = list(self.searchable)
         return d
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MTLOptions:
+        """Read :meth:`to_dict`'s output; files written before choice kinds existed mean ``branches``."""
+        return cls(tuple(data.get("searchable", ("conv2d",))), data.get("bn", "specific"), data.get("skip", True),
+                   data.get("choice", "branches"))
+
 
 @dataclass
 class Choice:
-    """One choice node: which branches it offers and where it sits."""
+    """One choice node: its kind, the options it offers (in gate order) and where it sits."""
 
     index: int
     node: str
     kind: str
-    branches: tuple[str, ...]
-    skip: str | None  # "identity", "projection" or None
+    options: tuple[Option, ...]
+    skip: str | None  # "identity", "projection" or None (the branches kind's skip form)
     depth: int
+    choice_kind: str = "branches"
     params: dict[str, int] = field(default_factory=dict)
     flops: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def branches(self) -> tuple[str, ...]:
+        """The option names, in gate order."""
+        return tuple(o.name for o in self.options)
+
+    def option(self, name: str) -> Option:
+        for o in self.options:
+            if o.name == name:
+                return o
+        raise KeyError(f"choice node {self.node!r} has no option {name!r}; it offers {', '.join(self.branches)}")
+
+    def position(self, name: str) -> int:
+        """The gate column of option ``name``."""
+        return self.branches.index(self.option(name).name)
+
+
+# the rewrite's callback: (node, its first input's shape) -> (choice kind name, options), or None
+Chooser = Callable[[Node, Shape], "tuple[str, tuple[Option, ...]] | None"]
 
 
 def skip_form(node: Node, in_shape: Shape, out_shape: Shape) -> str | None:
@@ -120,11 +167,12 @@ register(
 
 
 def rewrite(
-    graph: Graph, tasks: list[str], options: MTLOptions, multi_domain: bool = False
+    graph: Graph, tasks: list[str], options: MTLOptions, choose: Chooser, multi_domain: bool = False
 ) -> tuple[Graph, list[Choice]]:
     """Return the supermodel graph for ``tasks`` and its choice nodes (in graph order).
 
-    The input graph is left untouched; nodes are copied, weights are not.
+    ``choose`` (from the runtime's registry of choice kinds) says which operators become choice
+    nodes and with which options. The input graph is left untouched; nodes are copied, weights are not.
     """
     if len(graph.inputs) != 1:
         raise CompileError(f"a multi-task backbone needs exactly one input, {graph.name!r} has {graph.inputs}")
@@ -142,21 +190,21 @@ def rewrite(
         in_stacked = [stacked[i] for i in node.inputs]
         if node.kind == "input":
             out.add(new)
-            out.add(Node("gates", "input", attrs={"shape": (T, 0, len(BRANCHES))}))
+            out.add(Node("gates", "input", attrs={"shape": (T, 0, 0)}))
             stacked[new.name], depth[new.name], gate_of[new.name] = multi_domain, 0, None
             continue
         follow: int | None = None
-        if node.kind in options.searchable:
-            in_shape = graph[node.inputs[0]].shape
-            form = skip_form(node, in_shape, node.shape) if options.skip else None
-            branches = BRANCHES if form else BRANCHES[:2]
+        offered = choose(new, graph[node.inputs[0]].shape) if node.inputs else None
+        if offered is not None:
+            kind_name, opts = offered
             d += 1
-            choice = Choice(len(choices), node.name, node.kind, branches, form, d)
+            choice = Choice(len(choices), node.name, node.kind, opts, new.attrs.get("skip"), d, kind_name)
             choices.append(choice)
             new.kind = "mtl_" + node.kind
             new.attrs.update(
-                base_kind=node.kind, index=choice.index, tasks=T, skip=form, branches=branches,
-                shared_input=not in_stacked[0], param_copies=1 + T + (T if form == "projection" else 0),
+                base_kind=node.kind, index=choice.index, tasks=T, skip=choice.skip, branches=choice.branches,
+                options=opts, choice_kind=kind_name, shared_input=not in_stacked[0],
+                param_copies=new.attrs.get("param_copies", 1 + T + (T if choice.skip == "projection" else 0)),
             )
             new.inputs = [node.inputs[0], "gates"]
             is_stacked, follow = True, choice.index
@@ -164,13 +212,14 @@ def rewrite(
             src = gate_of[node.inputs[0]]
             if options.bn == "follow":
                 branches = ("shared",) if src is None else choices[src].branches
+                banks = ("shared",) if src is None else tuple(o.bank for o in choices[src].options)
             else:
-                branches = ("specific",)
+                branches, banks = ("specific",), ("task",)
             new.kind = "mtl_batch_norm"
             new.attrs.update(
                 base_kind="batch_norm", gate=src if options.bn == "follow" else None, tasks=T,
                 branches=branches, shared_input=not in_stacked[0],
-                param_copies=sum(1 if b == "shared" else T for b in branches),
+                param_copies=sum(1 if b == "shared" else T for b in banks),
             )
             new.inputs = [node.inputs[0], "gates"]
             is_stacked = in_stacked[0] or branches != ("shared",)
@@ -192,7 +241,7 @@ def rewrite(
     from .passes import infer
 
     gates = out["gates"]
-    gates.attrs["shape"] = (T, max(len(choices), 1), len(BRANCHES))
+    gates.attrs["shape"] = (T, max(len(choices), 1), max((len(c.options) for c in choices), default=1))
     infer(out)
     out.stacked = {n: stacked.get(n, False) for n in stacked}  # type: ignore[attr-defined]
     return out, choices

@@ -224,7 +224,7 @@ def test_architecture_json_round_trip(tmp_path: object) -> None:
     arch.save(path)
     loaded = Architecture.load(path)
     assert loaded == arch
-    assert json.loads(path.read_text())["format"] == "automtl.model.architecture/1"
+    assert json.loads(path.read_text())["format"] == "automtl.architecture/1"
     assert Architecture.from_dict(json.loads(arch.to_json())) == arch
     torch.testing.assert_close(model.architecture_tensor(loaded), model.architecture_tensor(arch))
 
@@ -237,7 +237,7 @@ def test_architecture_files_that_are_not_architectures(tmp_path: object) -> None
     bad.write_text(json.dumps({"format": "something/else"}))
     with pytest.raises(ValueError, match="not an automtl architecture"):
         Architecture.load(bad)
-    bad.write_text(json.dumps({"format": "automtl.model.architecture/1", "tasks": []}))
+    bad.write_text(json.dumps({"format": "automtl.architecture/1", "tasks": []}))
     with pytest.raises(ValueError, match="lacks the field 'backbone'"):
         Architecture.load(bad)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from ..compiler.ir import Graph
-from ..compiler.mtl import BRANCHES
+from ..compiler.mtl import MTLOptions
 
-FORMAT = "automtl.model.architecture/1"
+FORMAT = "automtl.architecture/1"
 
 
 def digest(graph: Graph) -> str:
@@ -27,7 +27,7 @@ def digest(graph: Graph) -> str:
 
 @dataclass
 class Architecture:
-    """For each choice node (by operator name), the branch each task takes."""
+    """For each choice node (by operator name), the option each task takes."""
 
     backbone: str
     tasks: list[str]
@@ -46,10 +46,12 @@ class Architecture:
         if data.get("format") != FORMAT:
             raise ValueError(f"{source}: not an automtl architecture (format {data.get('format')!r}, want {FORMAT!r})")
         try:
-            return cls(data["backbone"], list(data["tasks"]), dict(data["options"]), dict(data["choices"]),
-                       dict(data.get("meta", {})))
+            backbone, tasks, options, choices = data["backbone"], data["tasks"], data["options"], data["choices"]
         except KeyError as exc:
             raise ValueError(f"{source}: architecture lacks the field {exc.args[0]!r}") from None
+        # files written before choice kinds existed lack options["choice"]: they mean "branches"
+        options = MTLOptions.from_dict(dict(options)).to_dict()
+        return cls(backbone, list(tasks), options, dict(choices), dict(data.get("meta", {})))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, sort_keys=False)
@@ -92,9 +94,8 @@ class Architecture:
                     raise ValueError(f"architecture gives no branch for task {task!r} at node {name!r}")
                 if b not in nodes[name].branches:
                     offered = ", ".join(nodes[name].branches)
-                    known = "" if b in BRANCHES else f" (branches are {', '.join(BRANCHES)})"
                     raise ValueError(f"node {name!r}, task {task!r}: branch {b!r} is not offered here; "
-                                     f"choose one of {offered}{known}")
+                                     f"its branches are {offered}")
 
     def shared_fraction(self) -> float:
         """Share of (node, task) choices that take the shared branch."""

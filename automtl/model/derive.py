@@ -22,8 +22,10 @@ from torch import nn
 
 from ..compiler.codegen import build_module, codegen, node_modules
 from ..compiler.ir import Graph, Node
+from ..compiler.mtl import Choice
 from ..compiler.passes import infer
 from .architecture import Architecture
+from .choices import MTL_ATTRS, get_choice_kind
 
 if TYPE_CHECKING:
     from .supermodel import SuperModel
@@ -162,16 +164,17 @@ def derive(model: SuperModel, architecture: Architecture, multi_domain: bool = F
                 key: Any = ("input", t if multi_domain else None)
             elif node.kind == "tile_tasks":
                 key = ins[0]
-            elif node.kind in ("mtl_conv2d", "mtl_linear"):
-                b = architecture.branch(node.name, task)
-                if b == "skip" and choice_of[node.name].skip == "identity":
+            elif node.name in choice_of:
+                c = choice_of[node.name]
+                opt = c.option(architecture.branch(node.name, task))
+                if get_choice_kind(c.choice_kind).is_identity(c, opt):
                     key = ins[0]
                 else:
-                    key = (node.name, b, None if b == "shared" else t, ins[0])
+                    key = (node.name, opt.name, opt.bank_key(t), ins[0])
             elif node.kind == "mtl_batch_norm":
                 bn = mods[node.name]
                 b = bn.branches[0] if bn.gate is None else architecture.branch(model.choices[bn.gate].node, task)
-                key = (node.name, b, None if b == "shared" else t, ins[0])
+                key = (node.name, b, bn.bank_key(b, t), ins[0])
             else:
                 key = (node.name, tuple(ins))
             if not isinstance(key, int):  # number it: keys never nest, so hashing one stays O(1)
@@ -195,7 +198,7 @@ def derive(model: SuperModel, architecture: Architecture, multi_domain: bool = F
         if node.kind == "input":
             name = node.name if not multi_domain else f"{node.name}_{tasks[t]}"
         ins = [emitted[k] for k in _input_keys(described[key], node)]
-        new = _derived_node(node, branch, t, name, ins, mods, task_list)
+        new = _derived_node(node, branch, t, name, ins, mods, task_list, choice_of.get(node.name))
         if new.kind == "opaque" and node.name in mods:  # copies on diverged values share the one module
             new.attrs["target"] = opaque_modules.setdefault(node.name, new.attrs["target"])
         out.add(new)
@@ -215,59 +218,40 @@ def derive(model: SuperModel, architecture: Architecture, multi_domain: bool = F
 
 
 def _branch_of(key: Any, node: Node) -> str:
-    if node.kind in ("mtl_conv2d", "mtl_linear", "mtl_batch_norm"):
-        return key[1]
-    return ""
+    return key[1] if node.kind.startswith("mtl_") else ""
 
 
 def _input_keys(key: Any, node: Node) -> list[Any]:
     if node.kind == "input":
         return []
-    if node.kind in ("mtl_conv2d", "mtl_linear", "mtl_batch_norm"):
+    if node.kind.startswith("mtl_"):
         return [key[3]]
     return list(key[1])
 
 
 def _derived_node(node: Node, branch: str, t: int, name: str, inputs: list[str], mods: dict[str, nn.Module],
-                  task_list: list[str]) -> Node:
+                  task_list: list[str], choice: Choice | None) -> Node:
     """The plain operator computing one value, with the weights of its branch copied in."""
     attrs = {k: v for k, v in node.attrs.items()}
     info = {"source": node.name, "tasks": list(task_list), "branch": branch}
     if node.kind == "input":
         return Node(name, "input", [], {"shape": node.attrs["shape"]}, node.source)
-    if node.kind in ("mtl_conv2d", "mtl_linear"):
-        m = mods[node.name]
-        base = {k: v for k, v in attrs.items() if k not in _MTL_ATTRS}
-        kind = attrs["base_kind"]
-        if branch == "skip":  # a projection: a 1x1 (or linear) map with the op's stride and groups
-            w = m.projection[t].detach()
-            if kind == "conv2d":
-                base.update(kernel_size=(1, 1), padding=(0, 0), dilation=(1, 1), bias=False)
-                w = w.reshape(*w.shape, 1, 1)
-            else:
-                base.update(bias=False)
-            tensors = {"weight": w.clone()}
-        elif branch == "specific" and bool(m.filled):
-            tensors = {"weight": m.specific_weight[t].detach().clone()}
-            if m.bias is not None:
-                tensors["bias"] = m.specific_bias[t].detach().clone()
-        else:
-            tensors = {"weight": m.weight.detach().clone()}
-            if m.bias is not None:
-                tensors["bias"] = m.bias.detach().clone()
-        key = (node.name, branch, None if branch == "shared" else t)
-        info["weights"] = key
-        return Node(name, kind, inputs, {**base, "derived": info}, node.source, tensors)
+    if choice is not None:
+        opt = choice.option(branch)
+        d = get_choice_kind(choice.choice_kind).derive(mods[node.name], node, opt, t)
+        assert d is not None, "identity options are passed through, never emitted"
+        info["weights"] = (node.name, opt.name, opt.bank_key(t))
+        return Node(name, d.kind, inputs, {**d.attrs, "derived": info}, node.source, d.tensors)
     if node.kind == "mtl_batch_norm":
         bn = mods[node.name]
-        base = {k: v for k, v in attrs.items() if k not in _MTL_ATTRS}
+        base = {k: v for k, v in attrs.items() if k not in MTL_ATTRS}
         tensors = {}
         for what in ("weight", "bias", "running_mean", "running_var"):
             if what in ("weight", "bias") and not bn.affine:
                 continue
             v = bn._bank(branch, what)
             tensors[what] = (v if v.dim() == 1 else v[t]).detach().clone()
-        info["weights"] = (node.name, branch, None if branch == "shared" else t)
+        info["weights"] = (node.name, branch, bn.bank_key(branch, t))
         return Node(name, "batch_norm", inputs, {**base, "derived": info}, node.source, tensors)
     new = Node(name, node.kind, inputs, {**attrs, "derived": info}, node.source)
     if node.name in mods:  # a non-searchable operator with weights: one module shared by all copies
@@ -276,9 +260,6 @@ def _derived_node(node: Node, branch: str, t: int, name: str, inputs: list[str],
         if node.kind == "opaque":
             new.attrs["target"] = copy.deepcopy(mods[node.name])
     return new
-
-
-_MTL_ATTRS = {"base_kind", "index", "tasks", "skip", "branches", "shared_input", "param_copies", "gate"}
 
 
 def _add_head(out: Graph, head: nn.Module, task: str, feat: str) -> str:
@@ -311,6 +292,16 @@ def _add_head(out: Graph, head: nn.Module, task: str, feat: str) -> str:
         new.attrs = {**node.attrs, "derived": {"source": name, "tasks": [task], "weights": name}}
         out.add(new)
     return rename[hg.outputs[0]]
+
+
+def head_flops(head: nn.Module, feature_shape: Any) -> int:
+    """FLOPs of one head on the trunk's output, as derive inlines it (0 for a head fx cannot trace)."""
+    g = Graph("head")
+    g.add(Node("feat", "input", [], {"shape": tuple(feature_shape)}))
+    out = _add_head(g, head, "t", "feat")
+    g.outputs = [out]
+    infer(g)
+    return int(sum(n.flops for n in g if n.name.startswith("head.")))
 
 
 def _ref0() -> Any:

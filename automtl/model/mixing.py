@@ -215,6 +215,10 @@ class TaskBatchNorm(nn.Module):
             self.register_buffer(f"{pre}running_mean", init("running_mean", 0.0, per_task))
             self.register_buffer(f"{pre}running_var", init("running_var", 1.0, per_task))
 
+    def bank_key(self, branch: str, task: int) -> tuple[str, int] | None:
+        """Whose parameters a task following ``branch`` uses: the one shared set, or its own."""
+        return None if branch == "shared" else ("task", task)
+
     def _bank(self, b: str, what: str) -> torch.Tensor:
         return getattr(self, what if b == "shared" else f"{b}_{what}")
 
@@ -321,10 +325,3 @@ class TaskBatchNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"branches={self.branches}, tasks={self.tasks}, follows={self.gate}"
-
-
-def build_module(node: Node, shapes: list[Any]) -> nn.Module:
-    """Codegen's module factory for the ``mtl_*`` kinds."""
-    if node.kind == "mtl_batch_norm":
-        return TaskBatchNorm(node, shapes[0])
-    return MixedOp(node, shapes[0])

@@ -13,64 +13,28 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
 from ..compiler.codegen import build_module, codegen, node_modules
 from ..compiler.errors import CompileError
 from ..compiler.ir import Graph
-from ..compiler.mtl import BRANCHES, Choice, MTLOptions, rewrite
+from ..compiler.mtl import MTLOptions, rewrite
 from ..compiler.passes import cut
 from .architecture import Architecture, digest
+from .choices import choose, get_choice_kind
 from .mixing import BATCHING, MixedOp, TaskBatchNorm
-from .mixing import build_module as build_choice_module
+from .policies import GumbelPolicy, make_policy
 
-MODES = ("soft", "hard", "fixed", "warmup")
-
-
-class Policy(nn.Module):
-    """Per-task logits over each choice node's branches, and the gates they give per mode."""
-
-    def __init__(self, tasks: int, choices: list[Choice]) -> None:
-        super().__init__()
-        V = max(len(choices), 1)
-        self.logits = nn.Parameter(torch.zeros(tasks, V, len(BRANCHES)))
-        mask = torch.zeros(V, len(BRANCHES), dtype=torch.bool)
-        for c in choices:
-            mask[c.index, : len(c.branches)] = True
-        if not choices:
-            mask[0, 0] = True
-        self.register_buffer("mask", mask, persistent=False)
-
-    def probabilities(self) -> torch.Tensor:
-        """Softmax of the logits over the available branches, ``(T, V, 3)``."""
-        return F.softmax(self.logits.masked_fill(~self.mask, float("-inf")), dim=-1)
-
-    def gates(
-        self, mode: str, tau: float = 1.0, fixed: torch.Tensor | None = None, noise: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Branch weights ``(T, V, 3)`` for ``mode`` (see :data:`MODES`)."""
-        if mode == "warmup":
-            return (self.mask / self.mask.sum(-1, keepdim=True)).expand_as(self.logits)
-        if mode == "fixed":
-            if fixed is None:
-                raise ValueError("mode='fixed' needs an architecture")
-            return F.one_hot(fixed, len(BRANCHES)).to(self.logits.dtype)
-        if mode not in ("soft", "hard"):
-            raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
-        if noise is None:
-            u = torch.rand_like(self.logits).clamp_(1e-10, 1 - 1e-7)
-            noise = -torch.log(-torch.log(u))
-        soft = F.softmax(((self.logits + noise) / tau).masked_fill(~self.mask, float("-inf")), dim=-1)
-        if mode == "soft":
-            return soft
-        hard = F.one_hot(soft.argmax(-1), len(BRANCHES)).to(soft.dtype)
-        return hard - soft.detach() + soft  # straight-through: forward one-hot, gradient of soft
+Policy = GumbelPolicy  # the name earlier code imported from here
 
 
 def _module_factory(node: Any, shapes: list[Any]) -> nn.Module:
-    """Codegen's modules: the runtime's for choice nodes, the compiler's for every other operator."""
-    return build_choice_module(node, shapes) if node.kind.startswith("mtl_") else build_module(node, shapes)
+    """Codegen's modules: the choice kind's for choice nodes, the compiler's for every other operator."""
+    if node.kind == "mtl_batch_norm":
+        return TaskBatchNorm(node, shapes[0])
+    if node.kind.startswith("mtl_"):
+        return get_choice_kind(node.attrs["choice_kind"]).module(node, shapes[0])
+    return build_module(node, shapes)
 
 
 def _on_cuda(out: Mapping[str, torch.Tensor]) -> bool:
@@ -97,7 +61,8 @@ class SuperModel(nn.Module):
     """
 
     def __init__(
-        self, graph: Graph, heads: Mapping[str, nn.Module], options: MTLOptions, batching: str = "dense"
+        self, graph: Graph, heads: Mapping[str, nn.Module], options: MTLOptions, batching: str = "dense",
+        policy: str = "gumbel",
     ) -> None:
         super().__init__()
         self.task_names = _check_tasks(heads)
@@ -109,11 +74,12 @@ class SuperModel(nn.Module):
         self.graph = graph
         self.options = options
         self.backbone_digest = digest(graph)
-        self.mtl_graph, self.choices = rewrite(graph, self.task_names, options)
+        self.mtl_graph, self.choices = rewrite(graph, self.task_names, options, choose(options))
         self.trunk = codegen(self.mtl_graph, _module_factory, class_name="Trunk")
         self._multi_domain: fx.GraphModule | None = None
         self.heads = nn.ModuleDict(dict(heads))
-        self.policy = Policy(len(self.task_names), self.choices)
+        # the default policy, for ``model(x, mode=..., tau=...)``; any policy's gates can be passed instead
+        self.policy = make_policy(policy, len(self.task_names), self.choices)
         self.set_batching(batching)
         self.output_stacked = self.mtl_graph.stacked[graph.outputs[0]]
 
@@ -188,10 +154,16 @@ class SuperModel(nn.Module):
         tau: float = 1.0,
         architecture: Architecture | None = None,
         noise: torch.Tensor | None = None,
+        gates: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
+        """``{task: output}``. The option weights ``(T, V, K)`` are ``gates`` when given (from any
+        policy), else the one-hot of ``architecture``, else the default policy's for ``mode`` and ``tau``."""
         T = len(self.task_names)
-        fixed = self.architecture_tensor(architecture) if architecture is not None else None
-        gates = self.policy.gates(mode, tau, fixed, noise)
+        if gates is None:
+            if architecture is not None:
+                gates = self.policy.one_hot(self.architecture_tensor(architecture))
+            else:
+                gates = self.policy.gates(mode, tau, None, noise)
         if isinstance(x, Mapping):
             feats = self._multi_domain_trunk()(self._stack(x), gates)
             stacked = True
@@ -217,7 +189,7 @@ class SuperModel(nn.Module):
     def _multi_domain_trunk(self) -> fx.GraphModule:
         """The trunk for per-task inputs: the same modules, every value stacked."""
         if self._multi_domain is None:
-            graph, _ = rewrite(self.graph, self.task_names, self.options, multi_domain=True)
+            graph, _ = rewrite(self.graph, self.task_names, self.options, choose(self.options), multi_domain=True)
             modules = node_modules(self.trunk)
             gm = codegen(graph, lambda node, shapes: modules[node.name], "Trunk")
             object.__setattr__(self, "_multi_domain", gm)  # not a submodule: it holds no new state
@@ -230,7 +202,7 @@ class SuperModel(nn.Module):
         idx = torch.zeros(len(self.task_names), max(len(self.choices), 1), dtype=torch.long)
         for c in self.choices:
             for t, task in enumerate(self.task_names):
-                idx[t, c.index] = BRANCHES.index(arch.choices[c.node][task])
+                idx[t, c.index] = c.position(arch.choices[c.node][task])
         return idx
 
     def architecture(self, sample: bool = False, generator: torch.Generator | None = None) -> Architecture:
@@ -246,7 +218,8 @@ class SuperModel(nn.Module):
 
     def architecture_from_indices(self, pick: torch.Tensor) -> Architecture:
         choices = {
-            c.node: {t: BRANCHES[int(pick[i, c.index])] for i, t in enumerate(self.task_names)} for c in self.choices
+            c.node: {t: c.options[int(pick[i, c.index])].name for i, t in enumerate(self.task_names)}
+            for c in self.choices
         }
         return Architecture(self.backbone_digest, list(self.task_names), self.options.to_dict(), choices)
 
@@ -273,6 +246,7 @@ def build(
     searchable: tuple[str, ...] | list[str] = ("conv2d",),
     bn: str = "specific",
     skip: bool = True,
+    choice: str = "branches",
     batching: str = "dense",
     check_heads: bool = True,
     **compile_options: Any,
@@ -283,12 +257,14 @@ def build(
     ``trunk_output`` names the operator the heads read (``"layer4"`` takes the output of that
     submodule); by default the backbone's single output. ``searchable`` lists the operator
     kinds that become choices; ``bn`` is ``"specific"`` (a BN per task) or ``"follow"`` (BN
-    shares as its producer does, so shared computation stays shared).
+    shares as its producer does, so shared computation stays shared). ``choice`` names the choice
+    kind searchable operators become (:mod:`automtl.model.choices`; AutoMTL's ``branches`` by default).
     """
     from ..api import compile as compile_backbone
 
     names = _check_tasks(tasks)
-    options = MTLOptions(tuple(searchable), bn, skip)
+    get_choice_kind(choice)  # an unknown kind fails here, with the registered names
+    options = MTLOptions(tuple(searchable), bn, skip, choice)
     graph = backbone if isinstance(backbone, Graph) else compile_backbone(backbone, input_shape, **compile_options)
     if trunk_output is not None:
         graph = cut(graph.copy(), _resolve(graph, trunk_output))

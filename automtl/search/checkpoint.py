@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FORMAT", "VERSION", "load", "load_searcher_state", "save", "saved_config", "searcher_state"]
 
-FORMAT = "automtl.search.searcher-checkpoint"
+FORMAT = "automtl.search-checkpoint"
 VERSION = 1
 #: config fields that may differ between the checkpoint and the resumed run
 FREE_FIELDS = ("quiet", "device", "num_workers")

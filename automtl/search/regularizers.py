@@ -1,9 +1,7 @@
 """Policy regularizers of the search (DESIGN §5): the AutoMTL sharing prior and a cost budget.
 
-Both read the soft branch probabilities ``g = model.policy.probabilities()``, shaped
-``(T, V, 3)`` over (shared, specific, skip). A choice node without a skip branch has
-``g_skip = 0`` there (the policy masks it), and the sharing term still counts its
-``softplus(s·(0 − g_shared))``.
+Both read the soft option probabilities ``g = model.policy.probabilities()``, shaped
+``(T, V, K)``, and find each node's options through its choice (never by position).
 """
 
 from __future__ import annotations
@@ -15,29 +13,33 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from ..compiler.mtl import SHARED, SKIP, SPECIFIC
-
 if TYPE_CHECKING:
+    from ..compiler.mtl import Choice
     from ..model.supermodel import SuperModel
 
-__all__ = ["BUDGET_MODES", "COST_KINDS", "CostModel", "budget_penalty", "fit_to_budget", "sharing_regularizer"]
+__all__ = ["BUDGET_MODES", "COST_KINDS", "CostModel", "budget_penalty", "fit_to_budget", "shared_columns",
+           "sharing_regularizer"]
 
 COST_KINDS = ("params", "flops")
 BUDGET_MODES = ("max", "target")
 
 
 def sharing_regularizer(
-    probs: torch.Tensor, depths: Sequence[int] | torch.Tensor, sharpness: float = 6.0
+    probs: torch.Tensor, depths: Sequence[int] | torch.Tensor, sharpness: float = 6.0,
+    shared: Sequence[int] | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """AutoMTL's prior towards sharing the lower layers, unweighted (multiply by ``λ_policy``).
 
-    ``Σ_t Σ_v ((D − d_v)/D) · [softplus(s·(g_spec − g_shared)) + softplus(s·(g_skip − g_shared))]``
-    for ``probs`` of shape ``(T, V, 3)``, node depths ``d_v`` (searchable operators on the
-    longest path from the input, inclusive) and ``D = max(d_v)``: the shallower a node, the
-    more it costs a task to leave the shared branch there; the deepest nodes are free.
+    ``Σ_t Σ_v ((D − d_v)/D) · Σ_{k ≠ sh(v)} softplus(s·(g_k − g_sh(v)))`` for ``probs`` of shape
+    ``(T, V, K)``, node depths ``d_v`` (choice nodes on the longest path from the input, inclusive),
+    ``D = max(d_v)`` and ``sh(v)`` the column of node v's shared option (``shared``, from
+    :func:`shared_columns`; column 0 when not given). The shallower a node, the more it costs a
+    task to leave the shared option there; the deepest nodes are free. A column a node does not
+    offer has ``g = 0`` (the policy masks it) and still counts ``softplus(−s·g_sh)``; a node
+    without a shared option (``sh = −1``) is not regularized.
     """
-    if probs.dim() != 3 or probs.shape[-1] != 3:
-        raise ValueError(f"probs must be (tasks, nodes, 3), got {tuple(probs.shape)}")
+    if probs.dim() != 3:
+        raise ValueError(f"probs must be (tasks, nodes, options), got {tuple(probs.shape)}")
     d = torch.as_tensor(depths, dtype=probs.dtype, device=probs.device)
     if d.shape != (probs.shape[1],):
         raise ValueError(f"{d.numel()} depths for {probs.shape[1]} choice nodes")
@@ -47,9 +49,21 @@ def sharing_regularizer(
     if not bool(top > 0):
         raise ValueError(f"node depths must be >= 1, got {d.tolist()}")
     weight = (top - d) / top  # (V,)
-    g_sh, g_sp, g_sk = probs[..., SHARED], probs[..., SPECIFIC], probs[..., SKIP]
-    per = F.softplus(sharpness * (g_sp - g_sh)) + F.softplus(sharpness * (g_sk - g_sh))
-    return (per * weight).sum()
+    V, K = probs.shape[1:]
+    sh = torch.zeros(V, dtype=torch.long) if shared is None else torch.as_tensor(shared, dtype=torch.long)
+    has = (sh >= 0).to(probs.device)
+    sh = sh.clamp_min(0).to(probs.device)
+    g_sh = probs.gather(-1, sh.view(1, V, 1).expand(probs.shape[0], V, 1))  # (T, V, 1)
+    others = torch.ones(V, K, dtype=torch.bool, device=probs.device)
+    others[torch.arange(V, device=probs.device), sh] = False
+    per = (F.softplus(sharpness * (probs - g_sh)) * others).sum(-1)  # (T, V)
+    return (per * (weight * has)).sum()
+
+
+def shared_columns(choices: Sequence[Choice]) -> torch.Tensor:
+    """The gate column of each choice node's ``"shared"``-bank option (−1 where it has none)."""
+    cols = [next((k for k, o in enumerate(c.options) if o.bank == "shared"), -1) for c in choices]
+    return torch.tensor(cols, dtype=torch.long)
 
 
 def budget_penalty(ratio: torch.Tensor, target: float, weight: float = 1.0, mode: str = "max") -> torch.Tensor:
@@ -126,17 +140,20 @@ def fit_to_budget(
 class CostModel:
     """Differentiable expected cost of the model derived from a policy, and its exact baseline.
 
-    Branches are sampled independently per (task, node) from ``probs``, so a shared weight
-    counts once if any task uses it: ``|W|·(1 − Π_t(1 − p_t,shared))``, plus ``|W|·Σ_t p_t,specific``
-    and ``|projection|·Σ_t p_t,skip`` (an identity skip is free).
+    Options are sampled independently per (task, node) from ``probs`` ``(T, V, K)``; each
+    option's params and FLOPs come from its choice kind (:meth:`ChoiceKind.cost
+    <automtl.model.choices.ChoiceKind.cost>`), and its bank says how copies add up: a bank shared
+    by whoever picks the option (``"shared"``, a group's, a block's) counts once if any task uses
+    it, ``|W|·(1 − Π_t(1 − p_t,o))``; a task's own bank or a weightless option counts per task,
+    ``|W|·Σ_t p_t,o`` (an identity costs nothing).
 
     * ``params``: exact in expectation. Batch norms are counted like the derived model holds
-      them: ``bn="specific"`` T copies, ``bn="follow"`` by the gate of the choice they follow
-      (the shared bank once if any task shares, one specific / skip bank per task taking it);
-      non-searchable weights and the heads are constants, counted once.
+      them: ``bn="specific"`` T copies, ``bn="follow"`` by the option of the choice they follow
+      (the shared bank once if any task shares, one bank per task otherwise); non-searchable
+      weights and the heads are constants, counted once.
     * ``flops``: an approximation. ``s`` (the probability that all tasks still hold the same
-      value) is propagated from the input (1, or 0 for multi-domain inputs): a shared branch
-      costs ``F·(s·(1 − Π(1 − p_shared)) + (1 − s)·Σ p_shared)``, since shared computation runs
+      value) is propagated from the input (1, or 0 for multi-domain inputs): an option on a
+      shared bank costs ``F·(s·(1 − Π(1 − p)) + (1 − s)·Σ p)``, since shared computation runs
       once only while its input is shared; other operators cost ``F·(s + (1 − s)·T)``; an
       operator with several inputs has ``s = Π s_inputs`` (independence assumed). Exact for
       one-hot policies on chains; with partly shared inputs (3+ tasks) it over-counts.
@@ -145,6 +162,9 @@ class CostModel:
     """
 
     def __init__(self, model: SuperModel, kind: str = "params", multi_domain: bool = False) -> None:
+        from ..model.choices import get_choice_kind
+        from ..model.derive import head_flops
+
         if kind not in COST_KINDS:
             raise ValueError(f"budget kind must be one of {COST_KINDS}, not {kind!r}")
         self.kind = kind
@@ -154,57 +174,51 @@ class CostModel:
         mtl = {n.name: n for n in model.mtl_graph}
         self.choice_of = {c.node: c for c in model.choices}
         V = max(len(model.choices), 1)
-        w = torch.zeros(V, dtype=torch.float64)
-        proj = torch.zeros(V, dtype=torch.float64)
-        bn_follow = torch.zeros(V, 3, dtype=torch.float64)  # follow-BN params per gate and bank
+        K = max((len(c.options) for c in model.choices), default=1)
+        z = lambda: torch.zeros(V, K, dtype=torch.float64)  # noqa: E731
+        # per (node, option): params counted once if any task picks it / once per task picking it; FLOPs
+        self._p_any, self._p_sum, self._flops_of = z(), z(), z()
+        self._bank_shared = torch.zeros(V, K, dtype=torch.bool)  # picking it on a shared input computes once
+        self._identity = torch.zeros(V, K, dtype=torch.bool)
         const = sum(p.numel() for p in model.heads.parameters())
-        shapes = {m.index: m.weight_shape for m in model.mixed_modules()}
-        self._area = {i: _prod(s[2:]) for i, s in shapes.items()}  # kernel area: projection FLOPs = F / area
         for node in g:
-            if node.name in self.choice_of:
-                c = self.choice_of[node.name]
-                w[c.index] = node.params
-                if c.skip == "projection":
-                    shape = shapes[c.index]
-                    proj[c.index] = shape[0] * shape[1]
+            c = self.choice_of.get(node.name)
+            if c is not None:
+                ck = get_choice_kind(c.choice_kind)
+                m = mtl[node.name]
+                in_shape = g[node.inputs[0]].shape
+                for k, o in enumerate(c.options):
+                    params, flops = ck.cost(m, in_shape, o)
+                    shared_bank = o.bank not in ("task", None)
+                    (self._p_any if shared_bank else self._p_sum)[c.index, k] += params
+                    self._flops_of[c.index, k] = flops
+                    self._bank_shared[c.index, k] = shared_bank
+                    self._identity[c.index, k] = ck.is_identity(c, o)
             elif node.kind == "batch_norm":
                 a = mtl[node.name].attrs
                 if a["gate"] is None:
                     const += node.params * (1 if a["branches"] == ("shared",) else self.tasks)
                 else:
-                    for b in a["branches"]:
-                        bn_follow[a["gate"], ("shared", "specific", "skip").index(b)] += node.params
+                    for k, b in enumerate(a["branches"]):
+                        (self._p_any if b == "shared" else self._p_sum)[a["gate"], k] += node.params
             else:
                 const += node.params
-        self._w, self._proj, self._bn, self._const = w, proj, bn_follow, float(const)
+        self._const = float(const)
         self._graph = g
         self._mtl = mtl
-        self._head_flops: float | None = None
-        self._baseline: dict[str, int] | None = None
-        self._model = model
+        trunk_shape = g[g.outputs[0]].shape
+        self._head_params = sum(p.numel() for p in model.heads.parameters())
+        self._head_flops = sum(head_flops(model.heads[t], trunk_shape) for t in model.task_names)
 
     # --- baseline -----------------------------------------------------------------------------
     def baseline(self) -> dict[str, int]:
         """Params and FLOPs of T separate single-task models (what ``report()["separate"]`` says)."""
-        if self._baseline is None:
-            heads, flops = self._heads()
-            g = self._graph
-            self._baseline = {"params": self.tasks * g.params + heads, "flops": self.tasks * g.flops + flops}
-        return self._baseline
-
-    def _heads(self) -> tuple[int, int]:
-        """Head params, and head FLOPs from one derived model (heads cost the same in every derivation)."""
-        if self._head_flops is None:
-            from ..model.derive import derive
-
-            m = self._model
-            derived = derive(m, m.uniform_architecture("shared"), multi_domain=self.multi_domain)
-            self._head_flops = float(sum(n.flops for n in derived.graph if n.name.startswith("head.")))
-        return sum(p.numel() for p in self._model.heads.parameters()), int(self._head_flops)
+        g = self._graph
+        return {"params": self.tasks * g.params + self._head_params, "flops": self.tasks * g.flops + self._head_flops}
 
     # --- expected cost ------------------------------------------------------------------------
     def expected(self, probs: torch.Tensor) -> torch.Tensor:
-        """The expected cost (params or FLOPs) of the derived model under ``probs`` ``(T, V, 3)``."""
+        """The expected cost (params or FLOPs) of the derived model under ``probs`` ``(T, V, K)``."""
         if self.kind == "params":
             return self._params(probs)
         return self._flops(probs)
@@ -215,13 +229,8 @@ class CostModel:
 
     def _params(self, probs: torch.Tensor) -> torch.Tensor:
         p = probs.to(torch.float64) if probs.dtype != torch.float64 else probs
-        w = self._w.to(p.device)
-        proj = self._proj.to(p.device)
-        bn = self._bn.to(p.device)
-        any_shared = 1 - torch.prod(1 - p[..., SHARED], dim=0)  # (V,)
-        n_spec = p[..., SPECIFIC].sum(0)
-        n_skip = p[..., SKIP].sum(0)
-        total = ((w + bn[:, 0]) * any_shared + (w + bn[:, 1]) * n_spec + (proj + bn[:, 2]) * n_skip).sum()
+        any_ = 1 - torch.prod(1 - p, dim=0)  # (V, K)
+        total = (self._p_any.to(p.device) * any_ + self._p_sum.to(p.device) * p.sum(0)).sum()
         return (total + self._const).to(probs.dtype)
 
     def _flops(self, probs: torch.Tensor) -> torch.Tensor:
@@ -231,6 +240,9 @@ class CostModel:
         same: dict[str, torch.Tensor] = {}
         choice_in: dict[int, torch.Tensor] = {}
         total = p.new_zeros(())
+        shared_bank = self._bank_shared.to(p.device)
+        identity = self._identity.to(p.device)
+        flops_of = self._flops_of.to(p.device)
         for node in self._graph:
             if node.kind == "input":
                 same[node.name] = one * (0.0 if self.multi_domain else 1.0)
@@ -241,30 +253,23 @@ class CostModel:
             F_ = float(node.flops)
             c = self.choice_of.get(node.name)
             if c is not None:
-                pv = p[:, c.index]
-                all_sh = torch.prod(pv[:, SHARED])
-                any_sh = 1 - torch.prod(1 - pv[:, SHARED])
-                total = total + F_ * (s_in * any_sh + (1 - s_in) * pv[:, SHARED].sum()) + F_ * pv[:, SPECIFIC].sum()
-                if c.skip == "projection":
-                    total = total + (F_ / self._area[c.index]) * pv[:, SKIP].sum()
-                    same[node.name] = s_in * all_sh
-                elif c.skip == "identity":
-                    same[node.name] = s_in * (all_sh + torch.prod(pv[:, SKIP]))
-                else:
-                    same[node.name] = s_in * all_sh
+                pv = p[:, c.index]  # (T, K)
+                all_, any_, n = torch.prod(pv, 0), 1 - torch.prod(1 - pv, 0), pv.sum(0)
+                sb = shared_bank[c.index]
+                per = torch.where(sb, s_in * any_ + (1 - s_in) * n, n)
+                total = total + (flops_of[c.index] * per).sum()
+                same[node.name] = s_in * (all_ * (sb | identity[c.index])).sum()
                 choice_in[c.index] = s_in
                 continue
             a = self._mtl[node.name].attrs if node.kind == "batch_norm" else {}
             if node.kind == "batch_norm" and a["gate"] is not None:
                 v = a["gate"]
-                pv = p[:, v]
+                pv = p[:, v, : len(a["branches"])]
                 s0 = choice_in.get(v, s_in)
-                any_sh = 1 - torch.prod(1 - pv[:, SHARED])
-                total = total + F_ * (s0 * any_sh + (1 - s0) * pv[:, SHARED].sum())
-                total = total + F_ * pv[:, SPECIFIC].sum()
-                if "skip" in a["branches"]:
-                    total = total + F_ * pv[:, SKIP].sum()
-                same[node.name] = s0 * torch.prod(pv[:, SHARED])
+                sb = torch.tensor([b == "shared" for b in a["branches"]], device=p.device)
+                any_, n = 1 - torch.prod(1 - pv, 0), pv.sum(0)
+                total = total + F_ * torch.where(sb, s0 * any_ + (1 - s0) * n, n).sum()
+                same[node.name] = s0 * (torch.prod(pv, 0) * sb).sum()
                 continue
             if node.kind == "batch_norm" and a["branches"] != ("shared",):
                 total = total + F_ * T
@@ -272,12 +277,4 @@ class CostModel:
                 continue
             total = total + F_ * (s_in + (1 - s_in) * T)
             same[node.name] = s_in
-        _, head_flops = self._heads()
-        return (total + head_flops).to(probs.dtype)
-
-
-def _prod(values: Sequence[int]) -> int:
-    out = 1
-    for v in values:
-        out *= int(v)
-    return out
+        return (total + self._head_flops).to(probs.dtype)

@@ -46,7 +46,15 @@ from ..train.data import make_collate, split_dataset
 from ..train.tasks import Task, check_finite
 from ..train.weighting import Weighting, get_weighting
 from . import distributed as dist_utils
-from .regularizers import BUDGET_MODES, COST_KINDS, CostModel, budget_penalty, fit_to_budget, sharing_regularizer
+from .regularizers import (
+    BUDGET_MODES,
+    COST_KINDS,
+    CostModel,
+    budget_penalty,
+    fit_to_budget,
+    shared_columns,
+    sharing_regularizer,
+)
 
 __all__ = ["SearchConfig", "SearchResult", "Searcher", "evaluate", "search", "temperature"]
 
@@ -408,6 +416,7 @@ class Searcher:
                                            weight_decay=config.policy_weight_decay)
         self.cost = CostModel(model, config.budget_kind, self.multi_domain)
         self.depths = [c.depth for c in model.choices]
+        self.shared_cols = shared_columns(model.choices)
         self.scalers = {k: _scaler(config.amp, self.device) for k in ("weights", "policy")}
         self.sinks: list[Any] = []  # callables (stage, record) -> None, given every record as it is logged
         self._bars: dict[str, Any] = {}  # the open progress bar of each stage
@@ -606,7 +615,8 @@ class Searcher:
                 out = self.model(x, mode=c.policy_mode, tau=tau)
                 losses = self._task_losses(out, targets, step)
             probs = self.model.policy.probabilities()
-            reg = sharing_regularizer(probs, self.depths, c.sharpness) if self.model.choices else probs.sum() * 0
+            reg = (sharing_regularizer(probs, self.depths, c.sharpness, self.shared_cols) if self.model.choices
+                   else probs.sum() * 0)
             if c.budget_target is not None:
                 ratio = self.cost.ratio(probs)
                 budget = budget_penalty(ratio, c.budget_target, c.budget_weight, c.budget_mode)
@@ -730,13 +740,17 @@ class Searcher:
         self.architecture = best
         return best
 
+    @property
+    def _options(self) -> int:
+        return self.model.policy.logits.shape[-1]
+
     def _one_hot(self, arch: Architecture) -> torch.Tensor:
-        return torch.nn.functional.one_hot(self.model.architecture_tensor(arch), 3).double()
+        return torch.nn.functional.one_hot(self.model.architecture_tensor(arch), self._options).double()
 
     def _pick_ratio(self, pick: torch.Tensor) -> float:
         """Cost ratio of the architecture with branch indices ``pick`` ``(T, V)`` (exact for params)."""
         with torch.no_grad():
-            return float(self.cost.ratio(torch.nn.functional.one_hot(pick, 3).double()))
+            return float(self.cost.ratio(torch.nn.functional.one_hot(pick, self._options).double()))
 
     def build_derived(self, architecture: Architecture | None = None, from_: str | None = None) -> MultiTaskModel:
         """The derived model of ``architecture`` (default: the searched one), with the supermodel's
