@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import __version__
+from ..grouping import cli as _grouping_cli
 
 PROG = "automtl"
 ERROR_EXIT = 2
@@ -366,6 +367,12 @@ COMMANDS: dict[str, Command] = {
         run=_compile_run,
         description="Compile a backbone into the IR and print its op table and totals. "
         "Zoo backbones: " + _zoo_names() + ".",
+    ),
+    "group": Command(
+        help="task grouping: select the networks serving the tasks best within a budget",
+        add_arguments=_grouping_cli.add_arguments,
+        run=_grouping_cli.run,
+        description=_grouping_cli.DESCRIPTION,
     ),
 }
 

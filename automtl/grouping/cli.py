@@ -1,0 +1,121 @@
+"""``automtl group``: task grouping from the command line.
+
+    automtl group select TABLE --budget 2                       # automtl's CSV
+    automtl group select results.txt --budget 3 --format standley --tasks seg,depth,normals,edges,keypoints
+    automtl group select val.csv --budget 2 --approx hoa --score-with test.csv --json
+
+``group`` holds one sub-subcommand per job in :data:`SUBCOMMANDS`, each an (add_arguments, run) pair like the
+top-level commands; ``train`` (training the candidate networks of a config) is to be added there beside
+``select``. Bad input raises :class:`~automtl.grouping.table.GroupingError` (a ``ValueError``), which the
+top-level ``main`` prints as one line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from fractions import Fraction
+from typing import TYPE_CHECKING
+
+from .table import FORMATS, GroupingError
+
+if TYPE_CHECKING:
+    from .select import Selection
+
+SubCommand = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+
+
+def _budget(text: str) -> Fraction:
+    try:
+        value = Fraction(text.strip())
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of full networks, e.g. 2 or 2.5") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the budget must be positive")
+    return value
+
+
+def _select_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("table", metavar="TABLE", help="a table of networks' (validation) losses")
+    p.add_argument("--budget", type=_budget, required=True, metavar="B",
+                   help="inference budget in full-size networks (a half-size network costs 0.5)")
+    p.add_argument("--format", choices=FORMATS, default="csv",
+                   help="csv: automtl's (tasks,cost,<task>...); standley: the published tab-separated layout")
+    p.add_argument("--tasks", default=None, metavar="a,b,...",
+                   help="task order of the columns (required with --format standley)")
+    p.add_argument("--approx", choices=("hoa",), default=None,
+                   help="hoa: estimate networks of 3+ tasks from the pair networks (only pairs need training)")
+    p.add_argument("--score-with", default=None, metavar="TEST_TABLE",
+                   help="a table of test losses (same format and tasks) to score the chosen networks")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+
+
+def _select_run(args: argparse.Namespace) -> int:
+    from .select import select
+    from .table import read_table
+
+    tasks = args.tasks.split(",") if args.tasks is not None else None
+    table = read_table(args.table, format=args.format, tasks=tasks)
+    test = read_table(args.score_with, format=args.format, tasks=tasks or table.tasks) if args.score_with else None
+    sel = select(table, args.budget, approx=args.approx, score_with=test)
+    if args.json:
+        print(json.dumps(sel.to_dict()))
+        return 0
+    print(selection_text(sel))
+    return 0
+
+
+def selection_text(sel: Selection) -> str:
+    """A selection as a small table: one row per chosen network, its per-task losses, ``*`` where read."""
+    name_w = max([len("network")] + [len(n.label()) for n in sel.networks])
+    widths = [max(len(t), 8) for t in sel.tasks]
+    lines = ["  ".join([f"{'network':<{name_w}}", f"{'cost':>5}", *(f"{t:>{w}}" for t, w in zip(sel.tasks, widths,
+                                                                                                  strict=True))])]
+    for net in sel.networks:
+        cells = []
+        for t, w in zip(sel.tasks, widths, strict=True):
+            if t in net.losses:
+                mark = "*" if sel.served_by[t] is net else " "
+                cells.append(f"{net.losses[t]:>{w - 1}.4g}{mark}")
+            else:
+                cells.append(" " * w)
+        lines.append("  ".join([f"{net.label():<{name_w}}", f"{net.cost:>5g}", *cells]).rstrip())
+    if any(n.estimated for n in sel.networks):
+        lines.append("(networks of 3+ tasks: losses estimated by HOA from the pair networks)")
+    lines.append(f"* the network each task is read from; budget {sel.budget:g}, cost {sel.cost:g}")
+    lines.append(f"estimated loss: {sel.estimated_loss:.6g}")
+    if sel.scored:
+        per_task = ", ".join(f"{t} {v:.4g}" for t, v in sel.task_losses.items())
+        lines.append(f"test loss:      {sel.loss:.6g} ({per_task})")
+    return "\n".join(lines)
+
+
+SUBCOMMANDS: dict[str, SubCommand] = {
+    "select": ("choose the networks that minimise the total loss within a budget (exact)",
+               _select_arguments, _select_run),
+    # "train": trains the candidate networks of a config (full, half, ESA, HOA, TAG) into a run directory.
+}
+
+DESCRIPTION = (
+    "Task grouping (Standley et al.): choose which tasks share a network under an inference budget. "
+    "`select` reads a table of trained networks' losses and prints the exact best selection."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Declare ``automtl group``'s sub-subcommands on its parser."""
+    sub = p.add_subparsers(dest="group_command", metavar="JOB", required=True)
+    for name, (help_text, add, run) in SUBCOMMANDS.items():
+        q = sub.add_parser(name, help=help_text, description=help_text)
+        q.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback on errors")
+        add(q)
+        q.set_defaults(group_run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the chosen ``automtl group`` job; returns its exit code."""
+    if not hasattr(args, "group_run"):  # pragma: no cover - argparse requires a job
+        raise GroupingError("automtl group: name a job, e.g. `automtl group select TABLE --budget 2`")
+    return int(args.group_run(args))
