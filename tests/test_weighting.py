@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from automtl.train.weighting import (
     WEIGHTINGS,
     Equal,
     PCGrad,
+    Reduce,
     Static,
     Uncertainty,
     Weighting,
@@ -276,18 +278,44 @@ def test_pcgrad_accumulates_scales_and_skips_a_missing_task() -> None:
         PCGrad(["a", "b"]).backward(toy.losses((1.0, 0.0), None), [toy.theta * 2])
 
 
+def _two_processes(step_a: Callable[[Reduce], Toy], step_b: Callable[[Reduce], Toy]) -> tuple[Toy, Toy]:
+    """Run one step as two data-parallel processes would: each ``reduce`` call averages with the other
+    process's input of the same call (recorded by a first run whose gradients are thrown away)."""
+    seen: dict[str, list[torch.Tensor]] = {"a": [], "b": []}
+
+    def record(into: list[torch.Tensor]) -> Reduce:
+        return lambda t: into.append(t.clone()) or t
+
+    def average_with(other: list[torch.Tensor]) -> Reduce:
+        queue = list(other)
+        return lambda t: (t + queue.pop(0)) / 2
+
+    step_a(record(seen["a"]))
+    step_b(record(seen["b"]))
+    return step_a(average_with(seen["b"])), step_b(average_with(seen["a"]))
+
+
 def test_pcgrad_reduce_projects_the_process_average() -> None:
     # process A: g_a = (-2, 0), g_b = (1, -1); process B: g_a = (0, 0), g_b = (1, -1)
     # averaged: g_a = (-1, 0), g_b = (1, -1), whose projection is the hand result (-0.5, -1.5)
+    def step(p_a: tuple[float, float], p_b: tuple[float, float] | None) -> Callable[[Reduce], Toy]:
+        def run(reduce: Reduce) -> Toy:
+            toy = Toy()
+            PCGrad(["a", "b"]).backward(toy.losses(p_a, p_b), toy.shared(), reduce=reduce)
+            return toy
+        return run
+
+    a, b = _two_processes(step((2.0, 0.0), (-1.0, 1.0)), step((0.0, 0.0), (-1.0, 1.0)))
+    assert a.theta.grad.tolist() == pytest.approx([-0.5, -1.5]) and torch.equal(a.theta.grad, b.theta.grad)
+    assert a.unused.grad is None and b.unused.grad is None
+    # task b has no label in process B: its row there is zero; averaged g_a = (-1, 0), g_b = (1/2, -1/2),
+    # a' = (-1, 0) + (1/2, -1/2) = (-1/2, -1/2), b' = (1/2, -1/2) + 1/2 (-1, 0) = (0, -1/2)
+    a, b = _two_processes(step((2.0, 0.0), (-1.0, 1.0)), step((0.0, 0.0), None))
+    assert a.theta.grad.tolist() == pytest.approx([-0.5, -1.0]) and torch.equal(a.theta.grad, b.theta.grad)
     other = Toy()
     grads_b = task_gradients(other.losses((0.0, 0.0), (-1.0, 1.0)), other.shared())
-    assert grads_b["a"].tolist() == [0.0, 0.0, 0.0, 0.0, 0.0] and grads_b["b"][:2].tolist() == [1.0, -1.0]
+    assert grads_b["a"].tolist() == [0.0] * 5 and grads_b["b"][:2].tolist() == [1.0, -1.0]
     assert other.theta.grad is None  # task_gradients leaves .grad alone
-    matrix_b = torch.stack([grads_b["a"], grads_b["b"]])
-    toy = Toy()
-    PCGrad(["a", "b"]).backward(toy.losses((2.0, 0.0), (-1.0, 1.0)), toy.shared(),
-                                reduce=lambda g: (g + matrix_b) / 2)
-    assert toy.theta.grad.tolist() == pytest.approx([-0.5, -1.5])
     # without reduce, A projects its own: g_a' = (-2, 0) + (1, -1) = (-1, -1), g_b' = (1, -1) + 1/2 (-2, 0)
     toy = Toy()
     PCGrad(["a", "b"]).backward(toy.losses((2.0, 0.0), (-1.0, 1.0)), toy.shared())
@@ -366,15 +394,32 @@ def test_famo_adam_update_matches_torch_adam_on_the_softmax_jacobian() -> None:
 
 
 def test_famo_reduce_uses_the_process_average_and_errors() -> None:
+    # process A: losses (4.25, 0.5), process B: (2.25, 2.0); averaged D = (3.25, 1.25), z / D = (2/13, 2/5),
+    # factors (5/18, 13/18): A's theta.grad = 5/18 (-2, 0) + 13/18 (0, -1), B's = 13/18 (0, -2)
+    famos = {}
+
+    def step(p_a: tuple[float, float], p_b: tuple[float, float] | None, key: str) -> Callable[[Reduce], Toy]:
+        def run(reduce: Reduce) -> Toy:
+            toy, famos[key] = Toy(), FAMO(["a", "b"])
+            famos[key].backward(toy.losses(p_a, p_b), toy.shared(), reduce=reduce)
+            return toy
+        return run
+
+    a, b = _two_processes(step((2.0, 0.0), (0.0, 1.0), "a"), step((0.0, 0.0), (0.0, 2.0), "b"))
+    assert a.theta.grad.tolist() == pytest.approx([-10 / 18, -13 / 18], rel=1e-6)
+    assert b.theta.grad.tolist() == pytest.approx([0.0, -26 / 18], rel=1e-6)
+    for w in famos.values():  # the same log-losses recorded in every process
+        assert w.prev_log.tolist() == pytest.approx([math.log(3.25), math.log(1.25)], rel=1e-6)
+    # task b has no label in process B: D = (3.25, 0.5), c over both tasks = 2/13 + 1 = 15/13, factors
+    # (2/15, 13/15) in both processes: A's theta.grad = 2/15 (-2, 0) + 13/15 (0, -1), B's phi.grad = 2/15 * 3
+    a, b = _two_processes(step((2.0, 0.0), (0.0, 1.0), "a"), step((0.0, 0.0), None, "b"))
+    assert a.theta.grad.tolist() == pytest.approx([-4 / 15, -13 / 15], rel=1e-6)
+    assert b.phi.grad.item() == pytest.approx(6 / 15, rel=1e-6) and a.phi.grad.item() == pytest.approx(6 / 15)
+    for w in famos.values():
+        assert w.prev_log.tolist() == pytest.approx([math.log(3.25), math.log(0.5)], rel=1e-6)
     w = FAMO(["a", "b"])
-    toy = Toy()  # local losses (4.25, 0.5), process average (1, 1): factors (1/2, 1/2)
-    total = w.backward(toy.losses((2.0, 0.0), (0.0, 1.0)), toy.shared(),
-                       reduce=lambda d: torch.ones_like(d))
-    assert total.item() == pytest.approx(0.0, abs=1e-6)  # sum z log D / c with D = (1, 1)
-    assert toy.theta.grad.tolist() == pytest.approx([-1.0, -0.5], rel=1e-6)
-    assert w.prev_log.tolist() == pytest.approx([0.0, 0.0], abs=1e-6)  # what every process recorded
     with pytest.raises(ValueError, match="^famo weighting: after_step needs the losses before the step"):
-        FAMO(["a", "b"]).after_step({"a": 1.0, "b": 1.0})
+        w.after_step({"a": 1.0, "b": 1.0})
     with pytest.raises(ValueError, match="^famo weighting: task 'b': loss -0.5 minus its min_loss 0 is not > 0"):
         FAMO(["a", "b"]).combine({"a": torch.tensor(1.0), "b": torch.tensor(-0.5)})
     shifted = FAMO(["a", "b"], min_losses={"b": -1.0})  # a floor below the loss makes it valid
@@ -472,3 +517,23 @@ def test_combine_keeps_working_for_callers_that_backpropagate_the_total() -> Non
     eval_famo = FAMO(["a", "b"]).eval()  # evaluation (e.g. a policy step) records nothing
     eval_famo.combine({"a": torch.tensor(1.0), "b": torch.tensor(2.0)})
     assert not bool(eval_famo.prev_mask.any())
+
+
+def test_pcgrad_with_a_real_grad_scaler_unscales_steps_and_skips_overflow() -> None:
+    toy = Toy()
+    opt = torch.optim.SGD([toy.theta, toy.phi], lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    PCGrad(["a", "b"]).backward(toy.losses((1.0, 0.0), (-1.0, 1.0)), toy.shared(), scaler=scaler)
+    scaler.unscale_(opt)  # the loop unscales (then clips) after backward and averaging
+    assert _grads(toy) == (pytest.approx([-0.5, -1.5]), pytest.approx(3.0))
+    scaler.step(opt)
+    scaler.update()
+    assert toy.theta.tolist() == pytest.approx([0.05, 0.15])
+    huge = torch.amp.GradScaler("cpu", init_scale=1e38)  # scaled gradients overflow: the step is skipped
+    toy.theta.grad = toy.phi.grad = None
+    before = toy.theta.detach().clone()
+    PCGrad(["a", "b"]).backward(toy.losses((1.0, 0.0), (-1.0, 1.0)), toy.shared(), scaler=huge)
+    assert not torch.isfinite(toy.theta.grad).all()
+    huge.step(opt)
+    huge.update()
+    assert torch.equal(toy.theta.detach(), before) and huge.get_scale() < 1e38

@@ -96,8 +96,8 @@ class FAMO(Weighting):
         step: int | None = None,
     ) -> Tensor:
         """``combine(losses).backward()``; with ``reduce`` (data parallel), c and the factors
-        z_t / (c D_t) come from the process-averaged losses, so the averaged gradient is that of the
-        whole batch, and the recorded log-losses are the same in every process."""
+        z_t / (c D_t) come from each task's loss averaged over the processes that have it, so the
+        averaged gradient is that of the whole batch and the recorded log-losses agree everywhere."""
         total = self._combine(losses, reduce)
         (scaler.scale(total) if scaler is not None else total).backward()
         return total.detach()
@@ -107,19 +107,34 @@ class FAMO(Weighting):
         z = torch.softmax(self.logits, dim=0)
         shifted = [self._shifted(i, n, loss) for i, n, loss in present]
         d = torch.stack([s.float() if s.dtype in (torch.float16, torch.bfloat16) else s for s in shifted])
-        zp = z[[i for i, _, _ in present]].to(d.dtype)
-        dd = d.detach() if reduce is None else reduce(d.detach())
-        c = (zp / dd).sum()
+        index = [i for i, _, _ in present]
+        zp = z[index].to(d.dtype)
+        if reduce is None:
+            c = (zp / d.detach()).sum()
+            self._record(index, torch.log(d.detach()))
+            return (zp * torch.log(d)).sum() / c
+        # each task's mean D over the processes that have it; sums and counts have one shape everywhere
+        sums = d.new_zeros(2, len(self.task_names))
+        sums[0, index] = d.detach()
+        sums[1, index] = 1.0
+        sums = reduce(sums)
+        everywhere = [i for i, n in enumerate(sums[1].tolist()) if n > 0]
+        log_d = torch.log(sums[0, everywhere] / sums[1, everywhere])
+        z_all = z[everywhere].to(d.dtype)
+        c = (z_all / log_d.exp()).sum()  # over the tasks of the whole batch
+        self._record(everywhere, log_d)
+        # the whole batch's value; the gradient sum_t z_t / (c D_t) grad L_t with the global c and D
+        global_d = torch.ones_like(sums[0])
+        global_d[everywhere] = log_d.exp()
+        surrogate = (zp / (c * global_d[index]) * d).sum()
+        return (z_all * log_d).sum() / c + surrogate - surrogate.detach()
+
+    def _record(self, tasks: list[int], log_d: Tensor) -> None:
+        """Keep the log-losses before the step for :meth:`after_step` (training mode only)."""
         if self.training:
             self.prev_mask.zero_()
-            for k, (i, _, _) in enumerate(present):
-                self.prev_log[i] = math.log(float(dd[k]))
-                self.prev_mask[i] = True
-        if reduce is None:
-            return (zp * torch.log(d)).sum() / c
-        # the value of the whole batch; the gradient sum_t z_t / (c D_t) grad L_t with global c, D
-        surrogate = (zp / (c * dd) * d).sum()
-        return (zp * torch.log(dd)).sum() / c + surrogate - surrogate.detach()
+            self.prev_log[tasks] = log_d.to(self.prev_log)
+            self.prev_mask[tasks] = True
 
     def _log_shifted(self, values: Mapping[int, float]) -> dict[int, float]:
         out = {}

@@ -248,15 +248,21 @@ class GradientWeighting(Weighting):
         """Per-task backward, combined gradient on ``shared`` (see the class docstring).
 
         With ``reduce`` (an average over data-parallel processes), the per-task gradient matrix
-        is averaged before it is combined, so the combination is that of the whole batch.
+        (a zero row for a task without a loss in this process) is averaged before it is combined,
+        so the combination is that of the whole batch and the same in every process.
         """
         present = self._present(losses)
         params = shared_parameters(self.name, shared)
         terms = [scaler.scale(loss) if scaler is not None else loss for _, _, loss in present]
         grads, touched = per_task_backward(terms, params)
-        if reduce is not None:
-            grads = reduce(grads)
-        combined = self.combine_gradients(grads, [i for i, _, _ in present])
+        tasks = [i for i, _, _ in present]
+        if reduce is not None:  # every task has a row (zero where absent here): the same shape everywhere
+            full = grads.new_zeros(len(self.task_names), grads.shape[1])
+            full[tasks] = grads
+            grads, tasks = reduce(full), list(range(len(self.task_names)))
+            hit = torch.tensor(touched, dtype=grads.dtype, device=grads.device)
+            touched = (reduce(hit) > 0).tolist()  # a parameter reached in any process gets a gradient in all
+        combined = self.combine_gradients(grads, tasks)
         write_shared_gradient(params, combined, touched)
         return torch.stack([loss.detach() for _, _, loss in present]).sum()
 
@@ -270,7 +276,8 @@ WEIGHTINGS: dict[str, type[Weighting]] = {}
 def register_weighting(cls: type[Weighting]) -> type[Weighting]:
     """Class decorator: make ``cls`` available to :func:`get_weighting` under ``cls.name``."""
     key = cls.name.lower()
-    if key in WEIGHTINGS and WEIGHTINGS[key] is not cls:
+    known = WEIGHTINGS.get(key)
+    if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
         raise ValueError(f"loss weighting {key!r} is already registered ({WEIGHTINGS[key].__name__})")
     WEIGHTINGS[key] = cls
     return cls
@@ -283,9 +290,16 @@ def weighting_options(name: str) -> dict[str, Any]:
     return {p.name: p.default for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
+def _takes_any_option(name: str) -> bool:
+    params = inspect.signature(_lookup(name).__init__).parameters.values()
+    return any(p.kind == p.VAR_KEYWORD for p in params)
+
+
 def check_weighting_options(name: str, kwargs: Mapping[str, Any]) -> None:
     """Raise one line naming the weighting and the key when ``kwargs`` holds an unknown option."""
     options = weighting_options(name)
+    if _takes_any_option(name):  # a user's class with **kwargs validates its own options
+        return
     for key in kwargs:
         if key not in options:
             close = difflib.get_close_matches(str(key), list(options), n=1)

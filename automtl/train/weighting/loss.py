@@ -108,8 +108,9 @@ class DWA(Weighting):
 
     ``epoch_end(avg_losses)`` takes each task's average loss of the finished epoch; called without
     an argument it uses the mean of the losses that :meth:`combine` saw during the epoch in
-    training mode (calls in ``eval()`` mode are not counted). The history lives in buffers, so it
-    is saved and restored with ``state_dict``.
+    training mode (calls in ``eval()`` mode are not counted); under data parallel those are each
+    process's own, so pass the process-averaged means to keep the weights equal everywhere. The
+    history lives in buffers, so it is saved and restored with ``state_dict``.
     """
 
     name = "dwa"
