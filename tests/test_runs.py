@@ -76,6 +76,13 @@ def test_search_writes_the_whole_run_directory(finished: Path) -> None:
         assert (finished / name).is_file(), name
     meta = json.loads((finished / "automtl-run.json").read_text())
     assert meta["format"] == "automtl.run" and meta["status"] == "done" and meta["steps"] == 3 + 3 * 2
+    for name in ("config.yaml", "architecture.json", "model.pt", "supermodel.pt", "history.json", "report.json"):
+        assert meta["files"][name]["sha256"] == hashlib.sha256((finished / name).read_bytes()).hexdigest(), name
+    # checkpoints at steps 2, 4, 6 and 8: the last two are kept, each with its recorded hash
+    assert [c["steps"] for c in meta["checkpoints"]] == [8, 6]
+    for name, record in zip(("checkpoint.pt", "checkpoint.prev.pt"), meta["checkpoints"], strict=True):
+        assert record["sha256"] == hashlib.sha256((finished / name).read_bytes()).hexdigest(), name
+    assert not [p.name for p in finished.iterdir() if p.name.startswith(".")]  # no temporaries left
     report = json.loads((finished / "report.json").read_text())
     assert [r["name"] for r in report["rows"]] == ["all-shared", "searched"]
     assert set(report["tasks"]) == {"segmentation", "depth"} and report["processes"] == 1
@@ -245,7 +252,8 @@ def test_interrupted_search_resumes_from_its_last_checkpoint(finished: Path, tmp
     config, run = write_config(tmp_path), tmp_path / "run"
     assert main(["search", str(config), "--out", str(run), "--quiet"]) == 130
     assert "--resume" in capsys.readouterr().err
-    assert json.loads((run / "automtl-run.json").read_text())["status"] == "running"
+    meta = json.loads((run / "automtl-run.json").read_text())
+    assert meta["status"] == "stopped" and meta["error"] == "interrupted"
     monkeypatch.setattr(runs.MetricsWriter, "__call__", real)
     assert main(["search", str(config), "--out", str(run), "--quiet", "--resume"]) == 0
     a, b = MultiTaskModel.load(run / "model.pt").state_dict(), MultiTaskModel.load(finished / "model.pt").state_dict()
