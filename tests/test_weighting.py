@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 from torch import nn
 
+from automtl.search import distributed
 from automtl.train.weighting import (
     ABDP,
     DWA,
@@ -537,3 +541,68 @@ def test_pcgrad_with_a_real_grad_scaler_unscales_steps_and_skips_overflow() -> N
     huge.step(opt)
     huge.update()
     assert torch.equal(toy.theta.detach(), before) and huge.get_scale() < 1e38
+
+
+# --- data parallel with real processes ------------------------------------------------------------------
+DP_METHODS = ("equal", "pcgrad", "famo", "abdp")
+
+
+def _dp_train(name: str, rank: int, world: int) -> dict[str, Any]:
+    """Three steps of a shared layer and two heads on a global batch of 8, this process's share of it,
+    following the calling contract: backward (with reduce), average, step, after_step on averaged losses."""
+    torch.manual_seed(0)
+    shared, heads = nn.Linear(3, 4), nn.ModuleDict({"a": nn.Linear(4, 1), "b": nn.Linear(4, 1)})
+    params = list(shared.parameters()) + list(heads.parameters())
+    opt = torch.optim.SGD(params, lr=0.1)
+    w = get_weighting(name, ["a", "b"])
+    x = torch.randn(8, 3)
+    y = {"a": x.sum(dim=1, keepdim=True), "b": -3 * x[:, :1]}
+    part = slice(rank * 8 // world, (rank + 1) * 8 // world)
+
+    def mean(t: torch.Tensor) -> torch.Tensor:
+        if world == 1:
+            return t
+        t = t.clone()
+        torch.distributed.all_reduce(t)
+        return t / world
+
+    def losses() -> dict[str, torch.Tensor]:
+        h = torch.tanh(shared(x[part]))
+        return {t: nn.functional.mse_loss(heads[t](h), y[t][part]) for t in heads}
+
+    for _ in range(3):
+        opt.zero_grad(set_to_none=True)
+        step_losses = losses()
+        w.backward(step_losses, list(shared.parameters()), reduce=mean)
+        if world > 1:
+            distributed.average_gradients(params)
+        opt.step()
+        if w.needs_post_step_losses:
+            with torch.no_grad():
+                step_losses = losses()
+        w.after_step({t: mean(v.detach()) for t, v in step_losses.items()})
+    return {"params": [p.detach().clone() for p in params], "weights": w.weights()}
+
+
+def _dp_worker(rank: int, world: int, init_file: str, out: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.save({name: _dp_train(name, rank, world) for name in DP_METHODS}, f"{out}/rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_processes_with_reduce_equal_one_on_the_global_batch(tmp_path: Path) -> None:
+    mp.spawn(_dp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for name in DP_METHODS:
+        one = _dp_train(name, 0, 1)
+        for rank in ranks:
+            assert rank[name]["weights"] == pytest.approx(one["weights"], rel=1e-5), name
+            for p, q in zip(rank[name]["params"], one["params"], strict=True):
+                assert torch.allclose(p, q, atol=1e-6, rtol=1e-5), f"{name}: max diff {(p - q).abs().max():.3g}"
+        if name in ("famo", "abdp"):  # the weights adapted: the comparison is about a real update
+            assert abs(one["weights"]["a"] - one["weights"]["b"]) > 1e-3, name
+    # the gradients conflicted: PCGrad's shared layer ends elsewhere than equal weighting's
+    assert not torch.allclose(_dp_train("pcgrad", 0, 1)["params"][0], _dp_train("equal", 0, 1)["params"][0])
