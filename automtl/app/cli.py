@@ -165,8 +165,11 @@ def _search_run(args: argparse.Namespace) -> int:
         try:
             run_search(cfg, out, resume=args.resume, quiet=args.quiet, stop_after=args.stop_after)
         except KeyboardInterrupt:
-            print(f"{PROG}: interrupted; `automtl search {args.config} --out {out} --resume` goes on from the "
-                  "last checkpoint", file=sys.stderr)
+            if not (Path(out) / "automtl-run.json").is_file():
+                print(f"{PROG}: interrupted; nothing was written to {out}", file=sys.stderr)
+            else:
+                print(f"{PROG}: interrupted; `automtl search {args.config} --out {out} --resume` goes on from the "
+                      "last checkpoint", file=sys.stderr)
             return 130
         return 0
 
@@ -196,7 +199,7 @@ def _derive_run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.run_dir) / "derived" / name
     if out.exists():
         raise RunError(f"{out}: exists; nothing was changed. Choose another --out")
-    arch, records, searcher = derive_run(args.run_dir, args.sample)
+    arch, records, searcher = derive_run(args.run_dir, args.sample, out=out)
     candidates = [r for r in records if "candidate" in r]
     if candidates:
         print("| candidate | val loss | cost ratio | shared | within budget |")
@@ -207,8 +210,6 @@ def _derive_run(args: argparse.Namespace) -> int:
                   f"{'yes' if r['within_budget'] else 'no'} |")
     model = searcher.build_derived(arch)
     rep = model.report()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    arch.save(out)
     print(f"wrote {out}: shares {100 * arch.shared_fraction():.0f}% of (operator, task) choices; params "
           f"{rep['total']['params']:,} ({rep['params_ratio']:.2f}x of separate backbones), FLOPs "
           f"{rep['total']['flops']:,} ({rep['flops_ratio']:.2f}x)")
@@ -301,6 +302,10 @@ def _export_run(args: argparse.Namespace) -> int:
 
     src = Path(args.run_dir)
     model_file = src / "model.pt" if src.is_dir() else src
+    if (src / "automtl-run.json").is_file():  # a run directory: model.pt is checked against its recorded hash
+        from .runs import RunDir
+
+        model_file = RunDir(src).require("model.pt", "the search has not finished")
     if not model_file.is_file():
         raise FileNotFoundError(f"{model_file}: no such file; run `automtl demo` (or save a MultiTaskModel) first")
     model = MultiTaskModel.load(model_file)
@@ -417,6 +422,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
         return ERROR_EXIT
+    except KeyboardInterrupt:  # Ctrl-C outside a run (a run's command says how to go on)
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # the reader went away (`automtl compile resnet50 | head`): not our error
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
