@@ -6,9 +6,9 @@ import math
 from collections.abc import Iterable, Mapping
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .base import Reduce, Scaler, Weighting, check_number, register_weighting
+from .base import Reduce, Weighting, check_number, register_weighting
 
 __all__ = ["ABDP", "FAMO"]
 
@@ -23,8 +23,9 @@ class FAMO(Weighting):
     Task logits xi (0 at the start) give the weights z = softmax(xi). With D_t = L_t - m_t + eps
     (m_t the task's ``min_losses`` entry, default 0) the step minimises
     ``combine = sum_t z_t log D_t / c`` with c = sum_t z_t / D_t held constant (detached), whose
-    gradient is sum_t (z_t / (c D_t)) grad L_t: per-loss factors that sum to 1 and favour the
-    task whose loss is smallest relative to its weight, so all log-losses fall at a like rate.
+    gradient is sum_t (z_t / (c D_t)) grad L_t: per-loss factors that sum to 1; the division by
+    D_t makes it the gradient of the weighted log-losses, so a task is not drowned out because its
+    loss is on a smaller scale, and z steers which log-loss should fall faster.
 
     After the optimiser step, :meth:`after_step` takes the losses of the same batch at the new
     parameters and updates the logits from the decrease of each log-loss
@@ -87,20 +88,12 @@ class FAMO(Weighting):
     ) -> Tensor:
         return self._combine(losses, None)
 
-    def backward(
-        self,
-        losses: Mapping[str, Tensor | None],
-        shared: Iterable[nn.Parameter] = (),
-        scaler: Scaler | None = None,
-        reduce: Reduce | None = None,
-        step: int | None = None,
-    ) -> Tensor:
-        """``combine(losses).backward()``; with ``reduce`` (data parallel), c and the factors
-        z_t / (c D_t) come from each task's loss averaged over the processes that have it, so the
-        averaged gradient is that of the whole batch and the recorded log-losses agree everywhere."""
-        total = self._combine(losses, reduce)
-        (scaler.scale(total) if scaler is not None else total).backward()
-        return total.detach()
+    def _total_to_backward(self, losses: Mapping[str, Tensor | None], reduce: Reduce | None,
+                           step: int | None) -> Tensor:
+        """With ``reduce`` (data parallel), c and the factors z_t / (c D_t) come from each task's loss
+        averaged over the processes that have it, so the averaged gradient is that of the whole batch
+        and the recorded log-losses agree everywhere."""
+        return self._combine(losses, reduce)
 
     def _combine(self, losses: Mapping[str, Tensor | None], reduce: Reduce | None) -> Tensor:
         present = self._present(losses)

@@ -119,9 +119,14 @@ class Weighting(nn.Module):
         scaler is given); ``shared`` and ``reduce`` matter to gradient-level methods only. Returns
         the combined loss, detached and unscaled, for logging.
         """
-        total = self.combine(losses, step=step)
+        total = self._total_to_backward(losses, reduce, step)
         (scaler.scale(total) if scaler is not None else total).backward()
         return total.detach()
+
+    def _total_to_backward(self, losses: Mapping[str, Tensor | None], reduce: Reduce | None,
+                           step: int | None) -> Tensor:
+        """What the default :meth:`backward` backpropagates: ``combine`` unless a method needs ``reduce``."""
+        return self.combine(losses, step=step)
 
     def after_step(
         self, losses: Mapping[str, Tensor | float | None], before: Mapping[str, Tensor | float | None] | None = None
