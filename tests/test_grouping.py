@@ -17,6 +17,7 @@ from automtl.grouping import (
     GroupingError,
     Network,
     Table,
+    cheapest_cover,
     hoa_table,
     parse_csv,
     parse_standley,
@@ -25,6 +26,7 @@ from automtl.grouping import (
     select_budgets,
     write_csv,
 )
+from automtl.grouping.cli import budget_steps
 from automtl.grouping.milp import select_milp
 from automtl.grouping.pictures import affinity_picture, selection_picture
 
@@ -188,6 +190,7 @@ def test_budget_below_cheapest_cover_and_unserved_task_are_errors() -> None:
     assert select(t, 1.5).cost == 1.5
     with pytest.raises(GroupingError, match="no network serves task 'c'"):
         select(Table(["a", "b", "c"], [Network(("a", "b"), 1, {"a": 1, "b": 1})]), 5)
+    assert cheapest_cover(t) == (1.5, (t.networks[0], t.networks[1]))
     with pytest.raises(GroupingError, match="must be positive"):
         select(t, 0)
     with pytest.raises(GroupingError, match="approx 'toa'"):
@@ -408,6 +411,18 @@ def test_cli_select_text_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[
     doc = json.loads(out)
     assert code == 0 and doc["approx"] == "hoa" and doc["networks"][0]["estimated"]
     assert doc["estimated_loss"] == pytest.approx(0.3 + 0.475 + 0.6)  # a: a+b; b: mean(0.5, 0.45); c: b+c
+
+
+def test_cli_picture_draws_every_budget_step(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "results.txt"
+    path.write_text(STANDLEY)
+    code, out, _ = _cli(capsys, str(path), "--budget", "2.5", "--format", "standley", "--tasks", "a,b,c",
+                        "--picture", str(tmp_path / "sel.png"))
+    assert code == 0 and f"wrote {tmp_path / 'sel.png'}: the selections at budgets 1, 1.5, 2, 2.5" in out
+    assert _png_size(tmp_path / "sel.png")[1] > 200
+    assert budget_steps(1.2, Fraction(5, 2)) == [1.5, 2, 2.5]
+    assert budget_steps(1.0, Fraction(9, 4)) == [1, 1.5, 2, Fraction(9, 4)]
+    assert budget_steps(1.0, Fraction(1)) == [1]
 
 
 def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

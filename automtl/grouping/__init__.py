@@ -9,7 +9,7 @@
 Only the standard library and SciPy-free code run here: importing this package is cheap.
 """
 
-from .select import Selection, hoa_table, score, select, select_budgets
+from .select import Selection, cheapest_cover, hoa_table, score, select, select_budgets
 from .table import GroupingError, Network, Table, parse_csv, parse_standley, read_table, write_csv
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "Network",
     "Selection",
     "Table",
+    "cheapest_cover",
     "hoa_table",
     "parse_csv",
     "parse_standley",

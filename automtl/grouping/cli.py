@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Callable
 from fractions import Fraction
 from typing import TYPE_CHECKING
@@ -49,21 +50,41 @@ def _select_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score-with", default=None, metavar="TEST_TABLE",
                    help="a table of test losses (same format and tasks) to score the chosen networks")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--picture", default=None, metavar="PNG",
+                   help="also draw the selections at every budget from the cheapest cover up to B (steps of 0.5)")
 
 
 def _select_run(args: argparse.Namespace) -> int:
-    from .select import select
+    from .select import cheapest_cover, select
     from .table import read_table
 
     tasks = args.tasks.split(",") if args.tasks is not None else None
     table = read_table(args.table, format=args.format, tasks=tasks)
     test = read_table(args.score_with, format=args.format, tasks=tasks or table.tasks) if args.score_with else None
     sel = select(table, args.budget, approx=args.approx, score_with=test)
+    if args.picture:
+        from .pictures import selection_picture
+        from .select import select_budgets
+
+        budgets = budget_steps(cheapest_cover(table, args.approx)[0], args.budget)
+        path = selection_picture(select_budgets(table, budgets, approx=args.approx, score_with=test), args.picture)
+        if not args.json:
+            print(f"wrote {path}: the selections at budgets {', '.join(f'{float(b):g}' for b in budgets)}")
     if args.json:
         print(json.dumps(sel.to_dict()))
         return 0
     print(selection_text(sel))
     return 0
+
+
+def budget_steps(cheapest: float, budget: Fraction, step: Fraction = Fraction(1, 2)) -> list[Fraction]:
+    """Budgets from the first multiple of ``step`` at or above ``cheapest`` up to ``budget`` (always included)."""
+    steps: list[Fraction] = []
+    value = math.ceil(Fraction(repr(cheapest)) / step) * step
+    while value < budget:
+        steps.append(value)
+        value += step
+    return [*steps, budget]
 
 
 def selection_text(sel: Selection) -> str:

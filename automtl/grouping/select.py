@@ -244,6 +244,38 @@ def _solve(n_tasks: int, nets: Sequence[tuple[int, int, Sequence[int]]], budget:
 # --- select -----------------------------------------------------------------------------------------
 
 
+def _prepared(
+    table: Table, approx: str | None, budget: Fraction | None = None
+) -> tuple[list[tuple[Network, dict[str, Fraction]]], list[int], list[int], int]:
+    """Candidates in tie-break order, their task masks, integer costs and the cost scale (budget included)."""
+    cands = _candidates(table, approx)
+    served = {t for net, _ in cands for t in net.tasks}
+    unserved = [t for t in table.tasks if t not in served]
+    if unserved:
+        raise GroupingError(
+            f"{table.source}: no network serves task {unserved[0]!r}; add a row for it (or drop the task)"
+        )
+    index = {t: i for i, t in enumerate(table.tasks)}
+    cands.sort(key=lambda c: (tuple(index[t] for t in c[0].tasks), c[0].cost))
+    cost_scale = _common_scale([exact(n.cost) for n, _ in cands] + ([budget] if budget is not None else []))
+    masks = [sum(1 << index[t] for t in net.tasks) for net, _ in cands]
+    costs = [int(exact(net.cost) * cost_scale) for net, _ in cands]
+    return cands, masks, costs, cost_scale
+
+
+def cheapest_cover(table: Table, approx: str | None = None) -> tuple[float, tuple[Network, ...]]:
+    """The lowest cost at which every task is served, and one such set of networks (first in table order).
+
+    No budget below this cost has a selection; GroupingError when some task has no network at all.
+    """
+    cands, masks, costs, cost_scale = _prepared(table, approx)
+    cover = _cheapest_cover(len(table.tasks), list(zip(masks, costs, strict=True)))
+    assert cover is not None
+    return float(Fraction(cover[0], cost_scale)), tuple(cands[i][0] for i in cover[1])
+
+
+
+
 def select(
     table: Table,
     budget: float | int | str | Fraction,
@@ -258,23 +290,11 @@ def select(
     """
     limit = exact(budget)
     if limit <= 0:
-        raise GroupingError(f"budget {budget} must be positive (it counts full-size networks)")
-    cands = _candidates(table, approx)
-    served = {t for net, _ in cands for t in net.tasks}
-    unserved = [t for t in table.tasks if t not in served]
-    if unserved:
-        raise GroupingError(
-            f"{table.source}: no network serves task {unserved[0]!r}; add a row for it (or drop the task)"
-        )
-    index = {t: i for i, t in enumerate(table.tasks)}
-    cands.sort(key=lambda c: (tuple(index[t] for t in c[0].tasks), c[0].cost))
-    cost_scale = _common_scale([exact(n.cost) for n, _ in cands] + [limit])
-    loss_scale = _common_scale(v for _, losses in cands for v in losses.values())
-    masks = [sum(1 << index[t] for t in net.tasks) for net, _ in cands]
-    costs = [int(exact(net.cost) * cost_scale) for net, _ in cands]
+        raise GroupingError(f"budget {_fmt(limit)} must be positive (it counts full-size networks)")
+    cands, masks, costs, cost_scale = _prepared(table, approx, limit)
     int_budget = math.floor(limit * cost_scale)
     cover = _cheapest_cover(len(table.tasks), list(zip(masks, costs, strict=True)))
-    assert cover is not None  # every task is served
+    assert cover is not None  # _prepared checked that every task is served
     if cover[0] > int_budget:
         need = Fraction(cover[0], cost_scale)
         names = ", ".join(cands[i][0].label() for i in cover[1])
@@ -282,6 +302,7 @@ def select(
             f"budget {_fmt(limit)} is below the cheapest cover of all {len(table.tasks)} tasks (cost {_fmt(need)}: "
             f"{names}); raise the budget to at least {_fmt(need)}"
         )
+    loss_scale = _common_scale(v for _, losses in cands for v in losses.values())
     rows = [
         [int(losses[t] * loss_scale) if t in losses else 0 for t in table.tasks] for _, losses in cands
     ]
