@@ -482,3 +482,44 @@ def test_affinity_picture(tmp_path: Path) -> None:
         affinity_picture([[0, 1], [1, 0]], ["a", "b", "c"], tmp_path / "x.png")
     with pytest.raises(GroupingError, match="affinity b -> a is inf"):
         affinity_picture([[0, 1], [float("inf"), 0]], ["a", "b"], tmp_path / "x.png")
+
+
+def _standley_text(table: Table) -> str:
+    """``table`` in the published layout: the half-size row, then full-size rows by subset size."""
+    lines = ["\t".join(repr(n.losses[t]) if (n := table.get([t], 0.5)) else "" for t in table.tasks)]
+    for k in range(1, len(table.tasks) + 1):
+        for subset in itertools.combinations(table.tasks, k):
+            net = table.get(subset, 1)
+            if net is not None:
+                lines.append("\t".join(repr(net.losses[t]) if t in net.losses else "" for t in table.tasks))
+    return "\n".join(lines)  # no newline at the end, as in the published files
+
+
+def test_standley_and_csv_files_of_one_table_select_alike(tmp_path: Path) -> None:
+    full = _pairs_table(5, seed=7)
+    table = Table(full.tasks, [n for i, n in enumerate(full.networks) if i % 7 != 3])  # some rows missing
+    (tmp_path / "t.txt").write_text(_standley_text(table))
+    write_csv(table, tmp_path / "t.csv")
+    from_standley = read_table(tmp_path / "t.txt", format="standley", tasks=list(table.tasks))
+    from_csv = read_table(tmp_path / "t.csv")
+    assert [(n.tasks, n.cost, dict(n.losses)) for n in from_standley] == \
+        [(n.tasks, n.cost, dict(n.losses)) for n in table]
+    for budget in (1, 1.5, 2, 3, 5):
+        for approx in (None, "hoa"):
+            a, b = select(from_standley, budget, approx=approx), select(from_csv, budget, approx=approx)
+            assert chosen(a) == chosen(b) and a.estimated_loss == b.estimated_loss
+
+
+@settings(max_examples=40, deadline=None)
+@given(tables())
+def test_csv_round_trip_keeps_every_network(case: tuple[Table, float]) -> None:
+    table, _ = case
+    back = parse_csv(_csv_text(table), "t.csv")
+    assert [(n.tasks, n.cost, dict(n.losses)) for n in back] == [(n.tasks, n.cost, dict(n.losses)) for n in table]
+
+
+def _csv_text(table: Table) -> str:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        return write_csv(table, Path(folder) / "t.csv").read_text()

@@ -6,7 +6,8 @@
 * :mod:`.pictures` — the selection per budget, and a task-affinity matrix;
 * :mod:`.cli` — the ``automtl group`` command.
 
-Only the standard library and SciPy-free code run here: importing this package is cheap.
+Importing the package loads only the standard library; SciPy (the integer-program check in :mod:`.milp`)
+and matplotlib (:mod:`.pictures`) are imported when used.
 """
 
 from .select import Selection, cheapest_cover, hoa_table, score, select, select_budgets

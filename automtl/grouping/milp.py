@@ -57,6 +57,5 @@ def select_milp(table: Table, budget: float, approx: str | None = None) -> tuple
                bounds=Bounds(0, 1), options={"mip_rel_gap": 0.0})
     if res.status != 0 or res.x is None:
         raise GroupingError(f"{table.source}: no selection within budget {budget:g} ({res.message})")
-    chosen = [cands[i] for i in range(n_nets) if res.x[i] > 0.5 and any(
-        res.x[n_nets + k] > 1e-6 for k, (j, _) in enumerate(pairs) if j == i)]
-    return float(res.fun), chosen
+    used = {i for k, (i, _) in enumerate(pairs) if res.x[n_nets + k] > 1e-6}  # a chosen network a task reads
+    return float(res.fun), [cands[i] for i in sorted(used) if res.x[i] > 0.5]

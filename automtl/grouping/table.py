@@ -78,7 +78,7 @@ class Network:
 def check_tasks(tasks: Sequence[str], where: str = "tasks") -> tuple[str, ...]:
     """The task names as a tuple; GroupingError for empty, repeated or ill-formed names."""
     if isinstance(tasks, str):
-        tasks = [t for t in tasks.split(",")]
+        tasks = tasks.split(",")
     names = tuple(str(t).strip() for t in tasks)
     if not names:
         raise GroupingError(f"{where}: no tasks given; name them, e.g. tasks=['seg', 'depth']")
