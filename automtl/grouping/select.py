@@ -12,7 +12,7 @@ way to serve exactly ``A`` with networks that each serve at least one of its tas
 subset holding ``A``'s lowest task and every network covering that subset. Only cost/loss trade-offs that are
 not dominated are kept (higher cost must mean strictly lower loss), and costs over the budget are dropped.
 Losses and costs are compared as exact rational numbers (the decimal a float prints as), so ties are real
-ties. Time grows as 3^T: 10 tasks (1,033 networks) take about a second (docs/grouping.md).
+ties. Time grows about 3x per task: 10 tasks (1,033 networks) take 0.1-0.2 s (docs/grouping.md).
 
 **Ties.** Among selections with the same total loss the one chosen has (1) the lower cost, then (2) fewer
 networks, then (3) the smaller list of networks, each network ordered by its tasks' positions in the table's
