@@ -154,7 +154,8 @@ def test_to_dict_is_resolved_and_plain(tmp_path: Path, no_cuda: None) -> None:
     assert json.loads(json.dumps(d)) == d  # plain JSON types, no tuples
     assert "source" not in d
     search_fields = {f.name for f in dataclasses.fields(SearchConfig)}
-    assert set(d["search"]) == search_fields - {"seed", "device", "amp", "quiet"}
+    assert set(d["search"]) == search_fields - {"seed", "device", "amp", "quiet"} | {"strategy"}
+    assert d["search"]["strategy"] == "automtl" and cfg.strategy == "automtl"  # the default strategy, written out
     assert d["search"]["split_fractions"] == [0.4, 0.4, 0.2]
     assert d["device"] == "auto" and cfg.search.device == "cpu"  # the written value is kept, the search's resolved
     assert (cfg.search.seed, cfg.search.amp) == (cfg.seed, cfg.amp)
@@ -163,7 +164,8 @@ def test_to_dict_is_resolved_and_plain(tmp_path: Path, no_cuda: None) -> None:
 
 def test_dump_config_round_trip(tmp_path: Path) -> None:
     text = EXAMPLE_YAML.replace("tau_interval: 10", "tau_interval: 10\n  split_fractions: [0.5, 0.3, 0.2]\n"
-                                                   "  weight_lr: 1e-3\n  weighting_kwargs: {alpha: 1.5}")
+                                                   "  weight_lr: 1e-3\n  weighting: dwa\n"
+                                                   "  weighting_kwargs: {temperature: 1.5}")
     cfg = load_config(write(tmp_path, text))
     assert cfg.search.split_fractions == (0.5, 0.3, 0.2)  # a YAML list becomes SearchConfig's tuple
     assert cfg.search.weight_lr == 0.001  # PyYAML reads 1e-3 as a string; it is taken as the number

@@ -1,0 +1,66 @@
+"""Entry points: a config file or parsed data -> a validated :class:`RunConfig`; the built-in demo's config."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import Ctx, KeyPath
+from .parse import read_config_file
+from .schema import from_dict
+from .settings import BASELINES, RunConfig
+
+__all__ = ["config_from_dict", "demo_config", "load_config"]
+
+
+def load_config(path: str | os.PathLike) -> RunConfig:
+    """Read, validate and resolve a ``.yaml`` / ``.yml`` / ``.toml`` run configuration."""
+    data, lines, label = read_config_file(path)
+    p = Path(path)
+    return from_dict(data, Ctx(label, lines, p.parent), p)
+
+
+def config_from_dict(
+    data: Mapping[str, Any],
+    source: str | Path | None = None,
+    lines: Mapping[KeyPath, int] | None = None,
+) -> RunConfig:
+    """Validate and resolve an already parsed configuration (the layout of the file, or of :meth:`RunConfig.to_dict`).
+
+    ``source`` names the file in messages and is the folder relative backbone paths start from
+    (the current directory without one). ``lines`` maps key paths such as ``("search",
+    "warmup_steps")`` or ``("baselines", 0)`` to the 1-based line of the key, for messages.
+    """
+    label = os.fspath(source) if source is not None else None
+    src = Path(source) if source is not None else None
+    return from_dict(data, Ctx(label, lines or {}, src.parent if src is not None else Path(".")), src)
+
+
+def demo_config(
+    *,
+    backbone: str = "resnet18",
+    trunk_output: str = "layer2",
+    size: int = 32,
+    images: int = 500,
+    warmup_steps: int = 60,
+    search_iterations: int = 40,
+    finetune_steps: int = 80,
+    seed: int = 0,
+) -> RunConfig:
+    """The built-in demo (``automtl demo``) as a run configuration; the keywords override its settings.
+
+    Segmentation, depth and normals on SyntheticScenes with dense heads of 32 hidden channels on
+    ``trunk_output``: the model :func:`build_model` makes is the one :mod:`automtl.app.demo` searches.
+    """
+    dense = {"head": "dense", "hidden_channels": 32}
+    return config_from_dict({
+        "backbone": {"name": backbone, "input_shape": [3, size, size], "trunk_output": trunk_output, "bn": "follow"},
+        "tasks": {t: {"kind": t, **dense} for t in ("segmentation", "depth", "normals")},
+        "data": {"name": "synthetic_scenes", "images": images, "size": size},
+        "search": {"warmup_steps": warmup_steps, "search_iterations": search_iterations,
+                   "finetune_steps": finetune_steps, "batch_size": 16, "eval_batch_size": 64, "tau_interval": 10},
+        "seed": seed,
+        "baselines": list(BASELINES),
+    })
