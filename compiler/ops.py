@@ -864,3 +864,116 @@ def _infer_expand(node: Node, shapes: list[Shape]) -> Shape:
 register(
     OpKind("expand", _infer_expand, function=expand_keep_batch, kwargs=lambda n: {"shape": tuple(n.attrs["shape"])})
 )
+
+
+# --- prototxt forks and Caffe variants: ShuffleChannel, LRN within a channel ---------------------
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's channel shuffle: channel ``g * (C // groups) + i`` moves to ``i * groups + g``."""
+    n, c = x.shape[0], x.shape[1]
+    return x.reshape(n, groups, c // groups, *x.shape[2:]).transpose(1, 2).reshape(x.shape)
+
+
+def _infer_channel_shuffle(node: Node, shapes: list[Shape]) -> Shape:
+    (x,) = shapes
+    if not isinstance(x, tuple) or len(x) < 2:
+        raise _fail(node, f"expects an input with channels, got shape {x}")
+    groups = node.attrs["groups"]
+    if groups <= 0 or x[1] % groups:
+        raise _fail(node, f"groups {groups} does not divide the {x[1]} channels of shape {list(x)}")
+    return x
+
+
+register(
+    OpKind(
+        "channel_shuffle", _infer_channel_shuffle, function=channel_shuffle,
+        kwargs=lambda n: {"groups": n.attrs["groups"]},
+    )
+)
+
+
+def lrn_within_channel(x: torch.Tensor, size: int, alpha: float, beta: float) -> torch.Tensor:
+    """Caffe's LRN WITHIN_CHANNEL: ``x * (1 + alpha * mean(x^2))^-beta``, the mean over the
+    zero-padded ``size x size`` window of the same channel (always divided by ``size^2``)."""
+    mean = F.avg_pool2d(x * x, size, stride=1, padding=(size - 1) // 2, count_include_pad=True)
+    return x * (1 + alpha * mean).pow(-beta)
+
+
+def _infer_lrn_within_channel(node: Node, shapes: list[Shape]) -> Shape:
+    (x,) = shapes
+    _need_rank(node, x, 4)
+    size = node.attrs["size"]
+    if size <= 0 or size % 2 == 0:
+        raise _fail(node, f"size {size} must be odd and positive")
+    return x
+
+
+register(
+    OpKind(
+        "lrn_within_channel", _infer_lrn_within_channel,
+        flops=lambda n, s, o: numel(o) * (n.attrs["size"] ** 2 + 5), function=lrn_within_channel,
+        kwargs=lambda n: {"size": n.attrs["size"], "alpha": n.attrs["alpha"], "beta": n.attrs["beta"]},
+    )
+)
+
+
+# --- kinds the ONNX frontend maps onto: instance norm, gather at constant indices, float casts ---------
+def _infer_instance_norm(node: Node, shapes: list[Shape]) -> Shape:
+    (x,) = shapes
+    _need_rank(node, x, (3, 4, 5))
+    _channels(node, x, node.attrs["num_features"], "num_features")
+    return x
+
+
+def _build_instance_norm(node: Node, shapes: list[Shape]) -> nn.Module:
+    """``InstanceNorm{1,2,3}d`` by rank, with the frontend's scale and bias when it has them."""
+    a = node.attrs
+    cls = {3: nn.InstanceNorm1d, 4: nn.InstanceNorm2d, 5: nn.InstanceNorm3d}[len(shapes[0])]
+    mod = cls(a["num_features"], eps=a.get("eps", 1e-5), affine=a.get("affine", True))
+    with torch.no_grad():
+        for key, value in node.tensors.items():
+            getattr(mod, key).copy_(value.reshape(-1))
+    return mod
+
+
+register(
+    OpKind(
+        "instance_norm", _infer_instance_norm,
+        params=lambda n, s: 2 * n.attrs["num_features"] if n.attrs.get("affine", True) else 0,
+        flops=lambda n, s, o: 5 * numel(o), module=_build_instance_norm, weights=("weight", "bias"),
+        loads_tensors=True,
+    )
+)
+
+
+def take_along(x: torch.Tensor, dim: int, index: Sequence[int], index_shape: Sequence[int]) -> torch.Tensor:
+    """``x`` read at constant ``index`` along ``dim`` (ONNX ``Gather``): ``index_shape`` replaces that axis."""
+    picked = x.index_select(dim, torch.tensor(index, dtype=torch.long, device=x.device))
+    return picked.reshape(*x.shape[:dim], *index_shape, *x.shape[dim + 1 :])
+
+
+def _infer_index_select(node: Node, shapes: list[Shape]) -> Shape:
+    (x,) = shapes
+    a = node.attrs
+    dim = a["dim"]
+    if not 0 < dim < len(x) or not a["index"] or any(not 0 <= i < x[dim] for i in a["index"]):
+        raise _fail(node, f"indices {list(a['index'])} of axis {dim} are outside shape {list(x)}")
+    if numel(tuple(a["index_shape"])) != len(a["index"]):
+        raise _fail(node, f"{len(a['index'])} indices do not fill the index shape {list(a['index_shape'])}")
+    return (*x[:dim], *a["index_shape"], *x[dim + 1 :])
+
+
+register(
+    OpKind(
+        "index_select", _infer_index_select, function=take_along,
+        kwargs=lambda n: {k: n.attrs[k] if k == "dim" else tuple(n.attrs[k]) for k in ("dim", "index", "index_shape")},
+    )
+)
+
+
+def to_dtype(x: torch.Tensor, dtype: str) -> torch.Tensor:
+    """``x`` as floating-point ``dtype`` (``"float32"``, ``"float16"``, ``"float64"``)."""
+    return x.to(getattr(torch, dtype))
+
+
+register(OpKind("cast", _same, flops=lambda n, s, o: numel(o), function=to_dtype,
+                kwargs=lambda n: {"dtype": n.attrs["dtype"]}))

@@ -17,7 +17,7 @@ from google.protobuf import text_format
 from automtl.compiler.codegen import codegen
 from automtl.compiler.errors import CompileError
 from automtl.compiler.frontends import prototxt as P
-from automtl.compiler.frontends.prototxt import from_prototxt, from_text
+from automtl.compiler.frontends.prototxt import from_prototxt, from_text, parsing
 from automtl.compiler.ir import Graph
 from automtl.proto import caffe_pb2
 
@@ -241,7 +241,7 @@ def parse_cases() -> dict[str, str]:
     cases = {"resnet50": resnet50_text(), "odd_syntax": ODD_SYNTAX}
     for path in sorted(DATA.glob("*.prototxt")):
         cases[path.stem] = path.read_text()
-    zoo = Path(P.__file__).resolve().parents[2] / "backbones"
+    zoo = Path(P.__file__).resolve().parents[3] / "backbones"
     for path in sorted(zoo.glob("*.prototxt")):
         cases[f"zoo_{path.stem}"] = path.read_text()
     return cases
@@ -258,10 +258,10 @@ def test_parse_equals_protobuf_text_format(name: str) -> None:
 
 
 def test_fast_path_handles_plain_files_and_defers_unusual_syntax() -> None:
-    P._fast_parse(resnet50_text(), caffe_pb2.NetParameter())  # no fallback for the common subset
-    P._fast_parse((DATA / "automtl_small.prototxt").read_text(), caffe_pb2.NetParameter())
-    with pytest.raises(P._Fallback):
-        P._fast_parse(ODD_SYNTAX, caffe_pb2.NetParameter())
+    parsing._fast_parse(resnet50_text(), caffe_pb2.NetParameter())  # no fallback for the common subset
+    parsing._fast_parse((DATA / "automtl_small.prototxt").read_text(), caffe_pb2.NetParameter())
+    with pytest.raises(parsing._Fallback):
+        parsing._fast_parse(ODD_SYNTAX, caffe_pb2.NetParameter())
 
 
 def test_parse_list_values_and_enum_numbers() -> None:
@@ -470,8 +470,43 @@ def test_lrn_matches_caffes_formula() -> None:
     gm = codegen(g).double()
     with torch.no_grad():
         torch.testing.assert_close(gm(x), x * scale**-0.75)
-    with pytest.raises(CompileError, match="WITHIN_CHANNEL is not supported"):
-        compile_(net(layer("n", "LRN", "data", "n", "lrn_param { norm_region: WITHIN_CHANNEL }")))
+
+
+def caffe_lrn_within_channel(x: torch.Tensor, size: int, alpha: float, beta: float) -> torch.Tensor:
+    """Caffe's LRN WITHIN_CHANNEL from its definition: each value divided by
+    ``(1 + alpha / size^2 * sum of squares over the zero-padded size x size window) ^ beta``."""
+    h, w = x.shape[2:]
+    pad = (size - 1) // 2
+    sq = F.pad(x * x, (pad, pad, pad, pad))
+    total = torch.zeros_like(x)
+    for dy in range(size):
+        for dx in range(size):
+            total += sq[:, :, dy : dy + h, dx : dx + w]
+    return x / (1 + alpha / size**2 * total) ** beta
+
+
+@pytest.mark.parametrize(
+    ("size", "alpha", "beta", "k"), [(3, 5e-05, 0.75, ""), (5, 2.0, 0.5, "k: 3"), (1, 0.5, 1.0, "")]
+)
+def test_lrn_within_channel_matches_caffes_definition(size: int, alpha: float, beta: float, k: str) -> None:
+    """BVLC cifar10_full's norm layers; Caffe ignores k in this region (its shift is 1)."""
+    params = f"lrn_param {{ local_size: {size} alpha: {alpha} beta: {beta} norm_region: WITHIN_CHANNEL {k} }}"
+    g = compile_(net(layer("norm1", "LRN", "data", "norm1", params), (2, 4, 7, 6)))
+    assert g["norm1"].kind == "lrn_within_channel" and g["norm1"].shape == (2, 4, 7, 6)
+    assert g["norm1"].attrs == {"size": size, "alpha": alpha, "beta": beta} and g["norm1"].params == 0
+    x = torch.randn(2, 4, 7, 6, dtype=torch.float64) * 3
+    gm = codegen(g).double()
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), caffe_lrn_within_channel(x, size, alpha, beta), rtol=1e-12, atol=1e-12)
+
+
+def test_lrn_refuses_even_windows_and_non_image_inputs() -> None:
+    for region in ("ACROSS_CHANNELS", "WITHIN_CHANNEL"):
+        msg = error(net(layer("n", "LRN", "data", "n", f"lrn_param {{ local_size: 4 norm_region: {region} }}")))
+        assert msg.startswith("net.prototxt:7: LRN 'n': LRN local_size must be odd, got 4")
+    flat = layer("fc", "InnerProduct", "data", "fc", "inner_product_param { num_output: 4 }")
+    msg = error(net(flat + layer("n", "LRN", "fc", "n", "lrn_param { norm_region: WITHIN_CHANNEL }")))
+    assert msg.startswith("net.prototxt:14: LRN 'n': LRN expects a 4-d N,C,H,W input, got shape [1, 4]")
 
 
 # ----------------------------------------------------------------------------- convolution and linear
@@ -564,14 +599,16 @@ def caffe_pool(x: np.ndarray, k: int, s: int, p: int, method: str, ceil: bool) -
 @pytest.mark.parametrize(
     ("size", "k", "s", "p"), [(7, 3, 2, 0), (8, 3, 2, 1), (6, 2, 2, 1), (10, 3, 3, 1), (5, 4, 3, 2)]
 )
-@pytest.mark.parametrize("round_mode", ["", "round_mode: FLOOR"])
+@pytest.mark.parametrize("round_mode", ["", "round_mode: FLOOR", "ceil_mode: false", "ceil_mode: true"])
 def test_pooling_matches_caffe(method: str, size: int, k: int, s: int, p: int, round_mode: str) -> None:
+    """BVLC's round_mode and the forks' ceil_mode (pull request 3057: false is FLOOR) round as Caffe does."""
     params = f"pooling_param {{ pool: {method} kernel_size: {k} stride: {s} pad: {p} {round_mode} }}"
     g = compile_(net(layer("pool", "Pooling", "data", "pool", params), (2, 3, size, size)))
     x = torch.randn(2, 3, size, size, dtype=torch.float64)
-    want = caffe_pool(x.numpy(), k, s, p, method, ceil=not round_mode)
+    ceil = round_mode in ("", "ceil_mode: true")
+    want = caffe_pool(x.numpy(), k, s, p, method, ceil=ceil)
     assert g["pool"].shape == want.shape
-    assert g["pool"].attrs["ceil_mode"] is (not round_mode)
+    assert g["pool"].attrs["ceil_mode"] is ceil
     np.testing.assert_allclose(run(g, x).numpy(), want, rtol=1e-12)
 
 
@@ -582,6 +619,24 @@ def test_ceil_rounding_differs_from_floor() -> None:
     )
     assert compile_(text)["pool"].shape == (1, 1, 56, 56)
     assert compile_(text.replace("stride: 2", "stride: 2 round_mode: FLOOR"))["pool"].shape == (1, 1, 55, 55)
+
+
+def test_densenet_caffe_ceil_mode_false_rounds_down() -> None:
+    """DenseNet-Caffe's pool1 (kernel 3, stride 2, pad 1, ``ceil_mode: false``) on its 112x112 map."""
+    params = "pooling_param {{ pool: MAX kernel_size: 3 stride: 2 pad: 1 {} }}"
+    shape = (1, 64, 112, 112)
+    assert compile_(net(layer("pool1", "Pooling", "data", "pool1", params.format("")), shape))["pool1"].shape == (
+        1,
+        64,
+        57,
+        57,
+    )
+    g = compile_(net(layer("pool1", "Pooling", "data", "pool1", params.format("ceil_mode: false")), shape))
+    assert g["pool1"].shape == (1, 64, 56, 56) and g["pool1"].attrs["ceil_mode"] is False
+    assert caffe_pb2.PoolingParameter.DESCRIPTOR.fields_by_name["ceil_mode"].number == 1013
+    both = params.format("ceil_mode: false round_mode: FLOOR")
+    msg = error(net(layer("pool1", "Pooling", "data", "pool1", both), shape))
+    assert msg == "net.prototxt:7: Pooling 'pool1': give either round_mode or ceil_mode, not both"
 
 
 def test_global_pooling_and_pooling_errors() -> None:
@@ -726,6 +781,58 @@ def test_interp_matches_deeplab_sizes() -> None:
     up = run(g, x)[0]
     torch.testing.assert_close(up, F.interpolate(x, size=(33, 33), mode="bilinear", align_corners=True))
     torch.testing.assert_close(up[..., ::4, ::4], x)  # corners aligned: every 4th output is an input pixel
+
+
+def caffe_shuffle_channel(x: torch.Tensor, group: int) -> torch.Tensor:
+    """The ShuffleNet forks' ShuffleChannel from its definition: a (group, C / group) grid of
+    channels read out transposed, so input channel ``g * (C / group) + i`` becomes ``i * group + g``."""
+    per = x.shape[1] // group
+    out = torch.empty_like(x)
+    for g in range(group):
+        for i in range(per):
+            out[:, i * group + g] = x[:, g * per + i]
+    return out
+
+
+@pytest.mark.parametrize("group", [1, 2, 3, 6])
+def test_shuffle_channel_matches_the_forks(group: int) -> None:
+    params = f"shuffle_channel_param {{ group: {group} }}"
+    g = compile_(net(layer("shuffle", "ShuffleChannel", "data", "shuffle", params), (2, 6, 3, 4)))
+    assert g["shuffle"].kind == "channel_shuffle" and g["shuffle"].attrs == {"groups": group}
+    assert g["shuffle"].shape == (2, 6, 3, 4) and g["shuffle"].params == 0
+    x = torch.randn(2, 6, 3, 4)
+    torch.testing.assert_close(run(g, x), caffe_shuffle_channel(x, group), rtol=0, atol=0)
+
+
+def test_shufflenet_v2_unit_compiles_and_runs() -> None:
+    """A ShuffleNet v2 unit as the forks write it: split the channels, convolve one half, concatenate,
+    shuffle with group 2; the field is the forks' number 164 and the default group 1 is the identity."""
+    conv = "convolution_param {{ num_output: 4 kernel_size: {} pad: {} group: {} bias_term: false }}"
+    text = net(
+        layer("split", "Slice", "data", ["left", "right"], "slice_param { slice_point: 4 }")
+        + layer("pw", "Convolution", "right", "pw", conv.format(1, 0, 1))
+        + layer("dw", "Convolution", "pw", "dw", conv.format(3, 1, 4))
+        + layer("cat", "Concat", ["left", "dw"], "cat")
+        + layer("shuffle", "ShuffleChannel", "cat", "shuffle", "shuffle_channel_param { group: 2 }")
+        + layer("same", "ShuffleChannel", "shuffle", "same"),
+        (1, 8, 5, 5),
+    )
+    g = compile_(text)
+    assert g.outputs == ["same"] and g["same"].attrs == {"groups": 1}
+    x = torch.randn(1, 8, 5, 5)
+    gm = codegen(g).eval()
+    with torch.no_grad():
+        right = F.conv2d(F.conv2d(x[:, 4:], gm.pw.weight), gm.dw.weight, padding=1, groups=4)
+        torch.testing.assert_close(gm(x), caffe_shuffle_channel(torch.cat([x[:, :4], right], 1), 2))
+    assert caffe_pb2.LayerParameter.DESCRIPTOR.fields_by_name["shuffle_channel_param"].number == 164
+    for bad, want in [
+        ("group: 0", "shuffle_channel_param.group is 0; it must be positive"),
+        ("group: 4", "shuffle_channel_param.group 4 does not divide the 6 input channels"),
+    ]:
+        msg = error(net(layer("s", "ShuffleChannel", "data", "s", f"shuffle_channel_param {{ {bad} }}"), (1, 6, 2, 2)))
+        assert msg == f"net.prototxt:7: ShuffleChannel 's': {want}"
+    msg = error(net(layer("s", "ShuffleChannel", "data", "s", "shuffle_channel_param { groups: 2 }")))
+    assert msg.startswith("net.prototxt:12: ShuffleChannel 's': cannot parse") and 'no field named "groups"' in msg
 
 
 # ----------------------------------------------------------------------------- train_val files, V1, AutoMTL
