@@ -1,358 +1,58 @@
 """torch.fx frontend: any traceable ``nn.Module`` -> IR :class:`Graph`.
 
-Modules and functions the registry knows become typed operators carrying the module's weights;
-anything else stays an *opaque* operator that calls the original code (always shared, listed in
-one warning), so the compiled model still computes exactly what the source computes.
+The module is traced with static shapes (:mod:`.fx_trace`), then each fx node becomes one operator:
+
+- modules, functions and methods the registry knows become typed operators carrying their weights
+  (:mod:`.fx_convert`, :mod:`.fx_calls`); functional norms, convolutions and linear maps absorb the
+  parameters and buffers they read, so their parameters are counted like the module forms';
+- any other parameter or buffer the code reads (a layer scale ``x * self.gamma.view(1, -1, 1, 1)``)
+  becomes a ``parameter`` operator (its views folded in), so every parameter is counted once;
+- a module instance called at several places gets one operator per call (``relu``, ``relu_1``); a
+  module with weights or buffers called so becomes ``tied_module`` operators that all run the one
+  module (one weight bank, counted at its first call);
+- anything else stays an *opaque* operator that calls the original code (always shared, listed in
+  one warning), so the compiled model still computes exactly what the source computes.
 """
 
 from __future__ import annotations
 
 import operator
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CompileError, Source
 from ..ir import Graph, Node
 from ..ops import Ref
 from ..passes import prune, run_all
+from .fx_calls import convert_call
+from .fx_convert import WEIGHTED, Unsupported, convert_module, fetch
+from .fx_trace import static_shape, static_value, trace
+
+__all__ = ["OpaqueOperatorWarning", "from_module", "trace"]
+
+# shape-only calls on a parameter: folded into its ``parameter`` operator's view
+_VIEW_METHODS = {"view", "reshape", "unsqueeze", "squeeze", "flatten", "contiguous"}
+_VIEW_FUNCTIONS = {torch.reshape, torch.unsqueeze, torch.squeeze, torch.flatten}
 
 
 class OpaqueOperatorWarning(UserWarning):
     """Some calls were not recognised and are kept as opaque, always-shared operators."""
 
 
-class Unsupported(Exception):
-    """Internal: this call cannot become a typed operator (it becomes an opaque one)."""
-
-
-class _Tracer(fx.Tracer):
-    """A tracer that honours extra leaf modules and remembers which module it was inside."""
-
-    def __init__(self, leaf_modules: Sequence[type[nn.Module] | str], autowrap: Sequence[Callable[..., Any]]) -> None:
-        super().__init__(autowrap_functions=tuple(autowrap))
-        self.leaf_types = tuple(t for t in leaf_modules if isinstance(t, type))
-        self.leaf_names = {t for t in leaf_modules if isinstance(t, str)}
-        self.stack: list[str] = []
-        self.failed_at: str | None = None  # innermost submodule whose forward raised
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, self.leaf_types) or qualname in self.leaf_names:
-            return True
-        return super().is_leaf_module(m, qualname)
-
-    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        self.stack.append(self.path_of_module(m))
-        try:
-            return super().call_module(m, forward, args, kwargs)
-        except Exception:
-            if self.failed_at is None:
-                self.failed_at = self.stack[-1]
-            raise
-        finally:
-            self.stack.pop()
-
-
-def trace(
-    module: nn.Module,
-    leaf_modules: Sequence[type[nn.Module] | str] = (),
-    wrap_functions: Sequence[Callable[..., Any]] = (),
-) -> fx.GraphModule:
-    """Symbolically trace ``module``; on failure raise a CompileError naming the submodule."""
-    tracer = _Tracer(leaf_modules, wrap_functions)
-    try:
-        graph = tracer.trace(module)
-    except Exception as exc:  # noqa: BLE001 - tracing runs arbitrary user code
-        where = tracer.failed_at or "<root>"
-        cls = type(module.get_submodule(where)).__name__ if where != "<root>" else type(module).__name__
-        hint = (
-            f"pass leaf_modules=[{cls}] to keep it as one opaque operator"
-            if where != "<root>"
-            else "move the untraceable code into a submodule and pass it in leaf_modules=, "
-            "or pass the function in wrap_functions="
-        )
-        raise CompileError(
-            f"torch.fx cannot trace module {where!r} ({cls}): {type(exc).__name__}: {exc}",
-            Source(file=type(module).__name__, layer=where, layer_type=cls),
-            hint,
-        ) from exc
-    return fx.GraphModule(tracer.root, graph, type(module).__name__)
-
-
-# --- converters: fx call -> (kind, attrs, input nodes, tensors) -------------------------------
-Converted = tuple[str, dict[str, Any], list[fx.Node], dict[str, torch.Tensor]]
-
-
-def _state(mod: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach() for k, v in mod.state_dict().items() if v is not None}
-
-
-def _conv(mod: nn.Module) -> tuple[str, dict[str, Any]]:
-    if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
-        raise Unsupported
-    attrs = {
-        "in_channels": mod.in_channels, "out_channels": mod.out_channels, "kernel_size": tuple(mod.kernel_size),
-        "stride": tuple(mod.stride), "padding": tuple(mod.padding), "dilation": tuple(mod.dilation),
-        "groups": mod.groups, "bias": mod.bias is not None,
-    }
-    if isinstance(mod, nn.ConvTranspose2d):
-        attrs["output_padding"] = tuple(mod.output_padding)
-        return "conv_transpose2d", attrs
-    return "conv2d", attrs
-
-
-def _bn(mod: nn.Module) -> tuple[str, dict[str, Any]]:
-    if not mod.track_running_stats or mod.momentum is None:
-        raise Unsupported
-    return "batch_norm", {"num_features": mod.num_features, "eps": mod.eps, "momentum": mod.momentum,
-                          "affine": mod.affine}
-
-
-def _pool(mod: nn.Module) -> tuple[str, dict[str, Any]]:
-    attrs = {"kernel_size": mod.kernel_size, "stride": mod.stride or mod.kernel_size, "padding": mod.padding,
-             "ceil_mode": mod.ceil_mode}
-    if isinstance(mod, nn.MaxPool2d):
-        if mod.return_indices:
-            raise Unsupported
-        return "max_pool2d", {**attrs, "dilation": mod.dilation}
-    if mod.divisor_override is not None:
-        raise Unsupported
-    return "avg_pool2d", {**attrs, "count_include_pad": mod.count_include_pad}
-
-
-def _upsample(mod: nn.Module) -> tuple[str, dict[str, Any]]:
-    if mod.recompute_scale_factor:
-        raise Unsupported
-    return "interpolate", {"size": mod.size, "scale_factor": mod.scale_factor, "mode": mod.mode,
-                           "align_corners": bool(mod.align_corners)}
-
-
-MODULES: dict[type[nn.Module], Callable[[nn.Module], tuple[str, dict[str, Any]]]] = {
-    nn.Conv2d: _conv,
-    nn.ConvTranspose2d: _conv,
-    nn.Linear: lambda m: ("linear", {"in_features": m.in_features, "out_features": m.out_features,
-                                     "bias": m.bias is not None}),
-    nn.BatchNorm2d: _bn,
-    nn.BatchNorm1d: _bn,
-    nn.ReLU: lambda m: ("relu", {}),
-    nn.ReLU6: lambda m: ("relu6", {}),
-    nn.LeakyReLU: lambda m: ("leaky_relu", {"negative_slope": m.negative_slope}),
-    nn.PReLU: lambda m: ("prelu", {"num_parameters": m.num_parameters}),
-    nn.Sigmoid: lambda m: ("sigmoid", {}),
-    nn.Tanh: lambda m: ("tanh", {}),
-    nn.Hardswish: lambda m: ("hardswish", {}),
-    nn.Hardsigmoid: lambda m: ("hardsigmoid", {}),
-    nn.SiLU: lambda m: ("silu", {}),
-    nn.GELU: lambda m: ("gelu", {}) if m.approximate == "none" else (_ for _ in ()).throw(Unsupported()),
-    nn.ELU: lambda m: ("elu", {"alpha": m.alpha}),
-    nn.Hardtanh: lambda m: ("clip", {"min": m.min_val, "max": m.max_val}),
-    nn.Softmax: lambda m: ("softmax", {"dim": m.dim}),
-    nn.LogSoftmax: lambda m: ("log_softmax", {"dim": m.dim}),
-    nn.MaxPool2d: _pool,
-    nn.AvgPool2d: _pool,
-    nn.AdaptiveAvgPool2d: lambda m: ("adaptive_avg_pool2d", {"output_size": m.output_size}),
-    nn.AdaptiveMaxPool2d: lambda m: ("adaptive_max_pool2d", {"output_size": m.output_size})
-    if not m.return_indices else (_ for _ in ()).throw(Unsupported()),
-    nn.Flatten: lambda m: ("flatten", {"start_dim": m.start_dim, "end_dim": m.end_dim}),
-    nn.Dropout: lambda m: ("dropout", {"p": m.p}),
-    nn.Dropout2d: lambda m: ("opaque", {}),
-    nn.Identity: lambda m: ("identity", {}),
-    nn.LocalResponseNorm: lambda m: ("lrn", {"size": m.size, "alpha": m.alpha, "beta": m.beta, "k": m.k}),
-    nn.Upsample: _upsample,
-}
-
-UNARY_FUNCTIONS: dict[Any, str] = {
-    F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid",
-    torch.tanh: "tanh", F.tanh: "tanh", F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid", F.silu: "silu",
-    F.gelu: "gelu",
-}
-UNARY_METHODS = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh"}
-BINARY = {
-    operator.add: "add", torch.add: "add", operator.iadd: "add",
-    operator.mul: "mul", torch.mul: "mul", operator.imul: "mul",
-    operator.sub: "sub", torch.sub: "sub", operator.truediv: "div", torch.div: "div",
-}
-BINARY_METHODS = {"add": "add", "add_": "add", "mul": "mul", "mul_": "mul", "sub": "sub", "div": "div"}
-
-
-def _const(value: Any) -> Any:
-    if isinstance(value, fx.Node):
-        raise Unsupported
-    return value
-
-
-def _norm_kwargs(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-    from torch.fx.operator_schemas import normalize_function
-
-    out = normalize_function(fn, args, kwargs, normalize_to_only_use_kwargs=True)
-    if out is None:
-        raise Unsupported
-    return dict(out.kwargs)
-
-
-def _is_batch_size(value: Any, x: fx.Node) -> bool:
-    """True for ``x.size(0)``, ``x.shape[0]`` as traced by fx."""
-    if not isinstance(value, fx.Node):
-        return False
-    if value.op == "call_method" and value.target == "size" and value.args[0] is x:
-        return len(value.args) > 1 and value.args[1] == 0
-    if value.op == "call_function" and value.target is operator.getitem and value.args[1] == 0:
-        src = value.args[0]
-        return isinstance(src, fx.Node) and src.op == "call_function" and src.target is getattr and \
-            src.args == (x, "shape")
-    return False
-
-
-def _function(node: fx.Node) -> tuple[str, dict[str, Any], list[fx.Node]]:
-    t, args, kwargs = node.target, node.args, node.kwargs
-    if t in UNARY_FUNCTIONS:
-        if len(args) > 1 or any(k not in ("inplace", "input") for k in kwargs):
-            raise Unsupported
-        return UNARY_FUNCTIONS[t], {}, [args[0]]
-    if t in BINARY:
-        if kwargs:
-            raise Unsupported
-        return _binary(BINARY[t], args[0], args[1])
-    if t in (torch.cat, torch.concat):
-        kw = {"tensors": args[0], "dim": args[1] if len(args) > 1 else kwargs.get("dim", 0)}
-        tensors = list(kw["tensors"])
-        if not all(isinstance(a, fx.Node) for a in tensors) or kw["dim"] == 0:
-            raise Unsupported  # the IR keeps the batch axis: concatenating along it stays opaque
-        return "concat", {"dim": _const(kw["dim"])}, tensors
-    if t is torch.flatten:
-        kw = _norm_kwargs(t, args, kwargs)
-        if kw.get("start_dim", 0) == 0:
-            raise Unsupported  # flattens the batch axis too: stays opaque
-        return "flatten", {"start_dim": _const(kw.get("start_dim", 0)), "end_dim": _const(kw.get("end_dim", -1))}, \
-            [kw["input"]]
-    if t in (F.max_pool2d, F.avg_pool2d):
-        kw = _norm_kwargs(t, args, kwargs)
-        kernel = _const(kw["kernel_size"])
-        attrs = {"kernel_size": kernel, "stride": _const(kw.get("stride")) or kernel,
-                 "padding": _const(kw.get("padding", 0)), "ceil_mode": _const(kw.get("ceil_mode", False))}
-        if t is F.max_pool2d:
-            if kw.get("return_indices"):
-                raise Unsupported
-            return "max_pool2d", {**attrs, "dilation": _const(kw.get("dilation", 1))}, [kw["input"]]
-        if kw.get("divisor_override") is not None:
-            raise Unsupported
-        return "avg_pool2d", {**attrs, "count_include_pad": _const(kw.get("count_include_pad", True))}, [kw["input"]]
-    if t in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
-        kw = _norm_kwargs(t, args, kwargs)
-        if kw.get("return_indices"):
-            raise Unsupported
-        return t.__name__, {"output_size": _const(kw["output_size"])}, [kw["input"]]
-    if t is F.interpolate:
-        kw = _norm_kwargs(t, args, kwargs)
-        if kw.get("recompute_scale_factor") or kw.get("antialias"):
-            raise Unsupported
-        return "interpolate", {"size": _const(kw.get("size")), "scale_factor": _const(kw.get("scale_factor")),
-                               "mode": _const(kw.get("mode", "nearest")),
-                               "align_corners": bool(_const(kw.get("align_corners")))}, [kw["input"]]
-    if t is F.leaky_relu:
-        kw = _norm_kwargs(t, args, kwargs)
-        return "leaky_relu", {"negative_slope": _const(kw.get("negative_slope", 0.01))}, [kw["input"]]
-    if t is F.hardtanh:
-        kw = _norm_kwargs(t, args, kwargs)
-        return "clip", {"min": _const(kw.get("min_val", -1.0)), "max": _const(kw.get("max_val", 1.0))}, [kw["input"]]
-    if t is F.dropout:
-        kw = _norm_kwargs(t, args, kwargs)
-        return "dropout", {"p": _const(kw.get("p", 0.5))}, [kw["input"]]
-    if t in (F.softmax, torch.softmax):
-        if len(args) < 2 and "dim" not in kwargs:
-            raise Unsupported
-        dim = args[1] if len(args) > 1 else kwargs["dim"]
-        return "softmax", {"dim": _const(dim)}, [args[0]]
-    if t is torch.mean:
-        dim = args[1] if len(args) > 1 else kwargs.get("dim")
-        keep = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
-        if dim is None:
-            raise Unsupported
-        return "mean", {"dim": list(_const(dim)) if isinstance(dim, (list, tuple)) else [dim], "keepdim": keep}, \
-            [args[0]]
-    if t is torch.maximum:
-        return "maximum", {}, [args[0], args[1]]
-    raise Unsupported
-
-
-def _is_size(value: Any) -> bool:
-    """True for values fx traced from sizes (``x.size(1)``, ``x.shape[2] * 4``): Python ints, not tensors."""
-    if not isinstance(value, fx.Node):
-        return False
-    if value.op == "call_method" and value.target in ("size", "dim", "numel"):
-        return True
-    if value.op == "call_function" and value.target is getattr:
-        return value.args[1] == "shape"
-    if value.op == "call_function" and (value.target is operator.getitem or value.target in BINARY):
-        return any(_is_size(a) for a in value.args)
-    return False
-
-
-def _binary(kind: str, a: Any, b: Any) -> tuple[str, dict[str, Any], list[fx.Node]]:
-    if _is_size(a) or _is_size(b):
-        raise Unsupported  # arithmetic on sizes: kept as an opaque call that computes the int
-    if isinstance(a, fx.Node) and isinstance(b, fx.Node):
-        return kind, {}, [a, b]
-    if isinstance(a, fx.Node) and isinstance(b, (int, float)):
-        return kind, {"scalar": b}, [a]
-    if isinstance(b, fx.Node) and isinstance(a, (int, float)):
-        return kind, {"scalar": a, "scalar_first": True}, [b]
-    raise Unsupported
-
-
-def _method(node: fx.Node) -> tuple[str, dict[str, Any], list[fx.Node]]:
-    t, args, kwargs = node.target, node.args, node.kwargs
-    x = args[0]
-    if t in UNARY_METHODS and len(args) == 1 and not kwargs:
-        return UNARY_METHODS[t], {}, [x]
-    if t in ("relu_", "sigmoid_") and len(args) == 1:
-        return t[:-1], {}, [x]
-    if t in BINARY_METHODS and len(args) == 2 and not kwargs:
-        return _binary(BINARY_METHODS[t], x, args[1])
-    if t in ("view", "reshape") and not kwargs:
-        shape = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
-        if shape and _is_batch_size(shape[0], x):
-            rest = [_const(d) for d in shape[1:]]
-            if rest == [-1]:
-                return "flatten", {"start_dim": 1, "end_dim": -1}, [x]
-            return "reshape", {"shape": rest}, [x]
-        raise Unsupported
-    if t == "flatten":
-        start = args[1] if len(args) > 1 else kwargs.get("start_dim", 0)
-        end = args[2] if len(args) > 2 else kwargs.get("end_dim", -1)
-        if start == 0:
-            raise Unsupported  # flattens the batch axis too: stays opaque
-        return "flatten", {"start_dim": _const(start), "end_dim": _const(end)}, [x]
-    if t == "mean":
-        dim = args[1] if len(args) > 1 else kwargs.get("dim")
-        keep = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
-        if dim is None:
-            raise Unsupported
-        return "mean", {"dim": list(_const(dim)) if isinstance(dim, (list, tuple)) else [dim], "keepdim": keep}, [x]
-    if t == "softmax":
-        dim = args[1] if len(args) > 1 else kwargs.get("dim")
-        if dim is None:
-            raise Unsupported
-        return "softmax", {"dim": _const(dim)}, [x]
-    raise Unsupported
-
-
 class _Constant(nn.Module):
-    """Holds a tensor an fx ``get_attr`` read, so opaque code can use it."""
+    """Holds a non-tensor value an fx ``get_attr`` read, so opaque code can use it."""
 
-    def __init__(self, value: torch.Tensor) -> None:
+    def __init__(self, value: Any) -> None:
         super().__init__()
-        if isinstance(value, nn.Parameter):
-            self.value = value
-        else:
-            self.register_buffer("value", value)
+        self.value = value
 
-    def forward(self) -> torch.Tensor:
+    def forward(self) -> Any:
         return self.value
 
 
@@ -370,12 +70,10 @@ def _template(value: Any, refs: dict[fx.Node, int], order: list[fx.Node]) -> Any
     return value
 
 
-def _shapes(module_name: str, input_shape: Any, n_inputs: int) -> list[tuple[int, ...]]:
+def _shapes(module_name: str, input_shape: Any) -> list[tuple[int, ...]]:
     if input_shape is None:
         raise CompileError(f"compiling {module_name} needs input_shape=(C, H, W) (or one per input)")
     shapes = [input_shape] if isinstance(input_shape[0], int) else list(input_shape)
-    if len(shapes) != n_inputs:
-        raise CompileError(f"{module_name}.forward takes {n_inputs} inputs but {len(shapes)} input shapes were given")
     return [tuple(int(d) for d in (s if len(s) == 4 or len(s) == 2 else (1, *s))) for s in shapes]
 
 
@@ -390,38 +88,17 @@ def from_module(
     ``input_shape`` is ``(C, H, W)`` (batch 1) or ``(N, C, H, W)``, or a list with one per input.
     """
     name = type(module).__name__
-    gm = trace(module, tuple(leaf_modules), tuple(wrap_functions))
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    shapes = _shapes(name, input_shape, len(placeholders))
-    graph = Graph(name, file=name)
-    ir_name: dict[fx.Node, str] = {}
-    opaque: list[str] = []
+    shapes = _shapes(name, input_shape)
+    gm = trace(module, tuple(leaf_modules), tuple(wrap_functions), shapes)
+    n_inputs = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
+    if len(shapes) != n_inputs:
+        raise CompileError(f"{name}.forward takes {n_inputs} inputs but {len(shapes)} input shapes were given")
+    builder = _Builder(gm, name, shapes)
     for node in gm.graph.nodes:
-        src = Source(file=name, layer=str(node.target) if node.op == "call_module" else node.name, layer_type=None)
-        if node.op == "placeholder":
-            ir_name[node] = graph.add(Node(node.name, "input", attrs={"shape": shapes[len(graph.inputs)]},
-                                           source=src)).name
-            continue
-        if node.op == "output":
-            outs = node.args[0]
-            outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
-            if not all(isinstance(o, fx.Node) for o in outs):
-                raise CompileError(f"{name}.forward must return a tensor or a tuple of tensors", src)
-            graph.outputs = [ir_name[o] for o in outs]
-            continue
-        ir = _convert(gm, node, src)
-        if ir.kind == "opaque":
-            refs: dict[fx.Node, int] = {}
-            order: list[fx.Node] = []
-            ir.attrs["args"] = _template(tuple(node.args), refs, order)
-            ir.attrs["kwargs"] = _template(dict(node.kwargs), refs, order)
-            ir.inputs = [ir_name[n] for n in order]
-            opaque.append(ir.name)
-        else:
-            ir.inputs = [ir_name[n] for n in ir.inputs]  # type: ignore[index]
-        ir_name[node] = graph.add(ir).name
+        builder.add(node)
+    graph = builder.graph
     prune(graph)
-    kept = [n for n in opaque if n in graph]
+    kept = [n for n in builder.opaque if n in graph]
     if kept:
         warnings.warn(
             f"{name}: {len(kept)} operator(s) are not in the registry and stay opaque (always shared): "
@@ -432,50 +109,149 @@ def from_module(
     return run_all(graph)
 
 
-def _convert(gm: fx.GraphModule, node: fx.Node, src: Source) -> Node:
-    """One fx node -> one IR node (inputs still as fx nodes; opaque when unrecognised)."""
-    name = str(node.target) if node.op == "call_module" else node.name
-    if node.op == "get_attr":
-        value = gm.get_parameter(node.target) if _has_param(gm, node.target) else _fetch(gm, node.target)
-        return Node(node.name, "opaque", attrs={"target": _Constant(value)}, source=src)
-    try:
-        if node.op == "call_module":
-            mod = gm.get_submodule(node.target)
-            conv = MODULES.get(type(mod))
-            if conv is None:
-                raise Unsupported
-            kind, attrs = conv(mod)
-            if kind == "opaque" or len(node.args) != 1 or node.kwargs:
-                raise Unsupported
-            src = Source(file=src.file, layer=name, layer_type=type(mod).__name__)
-            return Node(name, kind, inputs=list(node.args), attrs=attrs, source=src, tensors=_state(mod))
-        if node.op == "call_function":
-            kind, attrs, inputs = _function(node)
-        elif node.op == "call_method":
-            kind, attrs, inputs = _method(node)
+class _Builder:
+    """Adds one IR operator per fx node, naming each uniquely and tracking parameters and tied modules."""
+
+    def __init__(self, gm: fx.GraphModule, name: str, shapes: list[tuple[int, ...]]) -> None:
+        self.gm = gm
+        self.shapes = shapes
+        self.graph = Graph(name, file=name)
+        self.ir_name: dict[fx.Node, str] = {}
+        self.opaque: list[str] = []
+        self.fx_names = {n.name for n in gm.graph.nodes}
+        calls = Counter(str(n.target) for n in gm.graph.nodes if n.op == "call_module")
+        # modules with weights or buffers called more than once: one weight bank for all their calls
+        self.tied = {t for t, k in calls.items() if k > 1 and _has_state(gm.get_submodule(t))}
+        self.first_call: dict[str, str] = {}
+
+    def unique(self, preferred: str, node: fx.Node) -> str:
+        """``preferred`` when free, else ``preferred_1``, ``preferred_2``... (never another fx node's name)."""
+        def free(n: str) -> bool:
+            return n not in self.graph and (n not in self.fx_names or n == node.name)
+
+        if free(preferred):
+            return preferred
+        i = 1
+        while not free(f"{preferred}_{i}"):
+            i += 1
+        return f"{preferred}_{i}"
+
+    def add(self, node: fx.Node) -> None:
+        src = Source(file=self.graph.name, layer=str(node.target) if node.op == "call_module" else node.name)
+        if node.op == "placeholder":
+            shape = self.shapes[len(self.graph.inputs)]
+            self.ir_name[node] = self.graph.add(Node(node.name, "input", attrs={"shape": shape}, source=src)).name
+            return
+        if node.op == "output":
+            outs = node.args[0]
+            outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+            if not all(isinstance(o, fx.Node) for o in outs):
+                raise CompileError(f"{self.graph.name}.forward must return a tensor or a tuple of tensors", src)
+            self.graph.outputs = [self.ir_name[o] for o in outs]
+            return
+        if self._fold_view(node):
+            return
+        ir = self._convert(node, src)
+        if ir.kind == "opaque":
+            refs: dict[fx.Node, int] = {}
+            order: list[fx.Node] = []
+            ir.attrs["args"] = _template(tuple(node.args), refs, order)
+            ir.attrs["kwargs"] = _template(dict(node.kwargs), refs, order)
+            ir.inputs = [self.ir_name[n] for n in order]
+            self.opaque.append(ir.name)
         else:
-            raise Unsupported
-        if not all(isinstance(i, fx.Node) for i in inputs):
-            raise Unsupported
-        return Node(name, kind, inputs=inputs, attrs=attrs, source=src)
-    except (Unsupported, KeyError, TypeError, IndexError):
-        if node.op == "call_module":
-            return Node(name, "opaque", attrs={"target": gm.get_submodule(node.target)}, source=src)
+            ir.inputs = [self.ir_name[n] for n in ir.inputs]  # type: ignore[index]
+        self.ir_name[node] = self.graph.add(ir).name
+
+    def _convert(self, node: fx.Node, src: Source) -> Node:
+        """One fx node -> one IR node (inputs still as fx nodes; opaque when unrecognised)."""
+        if node.op == "get_attr":
+            return self._parameter(node, src)
+        mod = self.gm.get_submodule(str(node.target)) if node.op == "call_module" else None
+        if mod is not None:
+            src = Source(file=src.file, layer=str(node.target), layer_type=type(mod).__name__)
+            name = self.unique(str(node.target), node)
+            if str(node.target) in self.tied:
+                return self._tied(node, mod, name, src)
+        else:
+            name = self.unique(self._preferred(node), node)
+        try:
+            if mod is not None:
+                kind, attrs, inputs, tensors = convert_module(mod, node)
+            elif node.op in ("call_function", "call_method"):
+                kind, attrs, inputs, tensors = convert_call(self.gm, node)
+            else:
+                raise Unsupported
+            return Node(name, kind, inputs=list(inputs), attrs=attrs, source=src, tensors=tensors)
+        except (Unsupported, KeyError, TypeError, IndexError, ValueError):
+            if mod is not None:
+                return Node(name, "opaque", attrs={"target": mod}, source=src)
+            if node.op == "call_method":
+                return Node(name, "opaque", attrs={"method": node.target}, source=src)
+            return Node(name, "opaque", attrs={"target": node.target}, source=src)
+
+    def _preferred(self, node: fx.Node) -> str:
+        """A functional norm/conv/linear is named after the module whose forward calls it (``layer1.0.bn1``)."""
+        stack = node.meta.get("nn_module_stack") or {}
+        if node.op == "call_function" and node.target in WEIGHTED and stack:
+            return str(next(reversed(stack)))
+        return node.name
+
+    def _parameter(self, node: fx.Node, src: Source) -> Node:
+        """A parameter or buffer read directly: a ``parameter`` operator holding it (counted once)."""
+        value = fetch(self.gm, str(node.target))
+        name = self.unique(str(node.target), node)
+        if not isinstance(value, torch.Tensor):
+            return Node(name, "opaque", attrs={"target": _Constant(value)}, source=src)
+        learnable = isinstance(value, nn.Parameter) and value.requires_grad
+        attrs = {"shape": tuple(value.shape), "view": tuple(value.shape), "learnable": learnable,
+                 "dtype": value.dtype}
+        src = Source(file=src.file, layer=str(node.target), layer_type="Parameter" if learnable else "buffer")
+        return Node(name, "parameter", attrs=attrs, source=src, tensors={"value": value.detach()})
+
+    def _fold_view(self, node: fx.Node) -> bool:
+        """``self.gamma.view(1, -1, 1, 1)``, ``gamma[:, None, None]``: one ``parameter`` operator, viewed."""
         if node.op == "call_method":
-            return Node(name, "opaque", attrs={"method": node.target}, source=src)
-        return Node(name, "opaque", attrs={"target": node.target}, source=src)
-
-
-def _has_param(gm: fx.GraphModule, target: str) -> bool:
-    try:
-        gm.get_parameter(target)
+            ok = node.target in _VIEW_METHODS
+        elif node.op == "call_function":
+            ok = node.target in _VIEW_FUNCTIONS or (node.target is operator.getitem and _is_unit_index(node))
+        else:
+            return False
+        src = node.args[0] if node.args else None
+        if not ok or not isinstance(src, fx.Node) or src not in self.ir_name or len(src.users) != 1:
+            return False
+        ir = self.graph[self.ir_name[src]]
+        shape = static_shape(node)
+        if ir.kind != "parameter" or shape is None or _numel(shape) != _numel(ir.attrs["shape"]):
+            return False
+        ir.attrs["view"] = tuple(shape)
+        self.ir_name[node] = ir.name
         return True
-    except AttributeError:
-        return False
+
+    def _tied(self, node: fx.Node, mod: nn.Module, name: str, src: Source) -> Node:
+        """One call of a module called at several places: all calls run the one module."""
+        target = str(node.target)
+        ok = not node.kwargs and all(isinstance(a, fx.Node) for a in node.args) and static_value(node) is not None
+        if not ok:  # still one weight bank (the same module object), but its parameters are not counted
+            return Node(name, "opaque", attrs={"target": mod}, source=src)
+        attrs = {"target": mod, "tie": self.first_call.get(target)}
+        self.first_call.setdefault(target, name)
+        return Node(name, "tied_module", inputs=list(node.args), attrs=attrs, source=src)
 
 
-def _fetch(gm: fx.GraphModule, target: str) -> Any:
-    obj: Any = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
+def _has_state(mod: nn.Module) -> bool:
+    return any(True for _ in mod.parameters()) or any(True for _ in mod.buffers())
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    out = 1
+    for d in shape:
+        out *= d
+    return out
+
+
+def _is_unit_index(node: fx.Node) -> bool:
+    """``t[:, None, None]`` / ``t[..., None]``: only full slices, Ellipsis and None."""
+    index = node.args[1]
+    items = index if isinstance(index, tuple) else (index,)
+    return all(i is None or i is Ellipsis or i == slice(None) for i in items)
