@@ -15,27 +15,35 @@ from .settings import BASELINES, RunConfig
 __all__ = ["config_from_dict", "demo_config", "load_config"]
 
 
-def load_config(path: str | os.PathLike) -> RunConfig:
-    """Read, validate and resolve a ``.yaml`` / ``.yml`` / ``.toml`` run configuration."""
+def load_config(path: str | os.PathLike, *, check_memory: bool = True) -> RunConfig:
+    """Read, validate and resolve a ``.yaml`` / ``.yml`` / ``.toml`` run configuration.
+
+    ``check_memory=False`` skips the memory estimate (:mod:`.resources`): for commands that only read
+    a run made on a larger machine (its report, its pictures).
+    """
     data, lines, label = read_config_file(path)
     p = Path(path)
-    return from_dict(data, Ctx(label, lines, p.parent), p)
+    return from_dict(data, Ctx(label, lines, p.parent), p, memory=check_memory)
 
 
 def config_from_dict(
     data: Mapping[str, Any],
     source: str | Path | None = None,
     lines: Mapping[KeyPath, int] | None = None,
+    *,
+    check_memory: bool = True,
 ) -> RunConfig:
     """Validate and resolve an already parsed configuration (the layout of the file, or of :meth:`RunConfig.to_dict`).
 
     ``source`` names the file in messages and is the folder relative backbone paths start from
     (the current directory without one). ``lines`` maps key paths such as ``("search",
     "warmup_steps")`` or ``("baselines", 0)`` to the 1-based line of the key, for messages.
+    ``check_memory`` as for :func:`load_config`.
     """
     label = os.fspath(source) if source is not None else None
     src = Path(source) if source is not None else None
-    return from_dict(data, Ctx(label, lines or {}, src.parent if src is not None else Path(".")), src)
+    ctx = Ctx(label, lines or {}, src.parent if src is not None else Path("."))
+    return from_dict(data, ctx, src, memory=check_memory)
 
 
 def demo_config(

@@ -62,14 +62,24 @@ def split_sizes(n: int, fractions: Sequence[float]) -> list[int]:
 
 
 def check_splits(ctx: Ctx, at: KeyPath, what: str, n: int, fractions: Sequence[float]) -> None:
-    """Refuse ``n`` items (described by ``what``) that leave a split empty, saying how many are needed."""
+    """Refuse ``n`` items (described by ``what``) that leave a split empty, saying how many are needed.
+
+    The fractions themselves must each be in (0, 1] and sum to at most 1 (as the split requires).
+    """
+    frs = [float(f) for f in fractions]
+    names = SPLIT_NAMES if len(frs) == 3 else tuple(f"split {i}" for i in range(len(frs)))
+    where = ctx.first(("search", "split_fractions"), ("search",))
+    for name, f in zip(names, frs, strict=True):
+        if not (math.isfinite(f) and 0.0 < f <= 1.0):
+            raise ctx.error(where, f"search.split_fractions: the '{name}' fraction must be in (0, 1], got {f}")
+    if sum(frs) > 1.0 + 1e-9:
+        raise ctx.error(where, f"search.split_fractions: {frs} sum to {sum(frs):.6g}, more than 1")
     sizes = split_sizes(n, fractions)
     if min(sizes, default=1) >= 1:
         return
-    empty = SPLIT_NAMES[sizes.index(0)] if len(sizes) == 3 else f"split {sizes.index(0)}"
-    limit = math.floor(1 / min(fractions)) + 2
-    need = next((m for m in range(n + 1, limit + 1) if min(split_sizes(m, fractions)) >= 1), limit)
-    frs = [float(f) for f in fractions]
+    empty = names[sizes.index(0)]
+    limit = math.floor(1 / min(frs)) + 2
+    need = next((m for m in range(n + 1, limit + 1) if min(split_sizes(m, frs)) >= 1), limit)
     raise ctx.error(at, f"{what} split by search.split_fractions {frs} leave{'s' if n == 1 else ''} the '{empty}' "
                         f"split empty; it needs at least {need} items")
 

@@ -60,8 +60,11 @@ HEAD_PROVIDED = ("in_channels", "out_channels", "scale_factor", "input_shape")
 HEAD_NEEDED = ("in_channels", "out_channels")
 
 
-def from_dict(data: Any, ctx: Ctx, source: Path | None) -> RunConfig:
-    """Validate parsed config data (the file's layout) into a :class:`RunConfig`; raises :class:`ConfigError`."""
+def from_dict(data: Any, ctx: Ctx, source: Path | None, memory: bool = True) -> RunConfig:
+    """Validate parsed config data (the file's layout) into a :class:`RunConfig`; raises :class:`ConfigError`.
+
+    ``memory=False`` skips the memory estimate (for reading a finished run's config on a smaller machine).
+    """
     if data is None:
         raise ctx.error((), "the config is empty; it needs at least a tasks section")
     if not isinstance(data, Mapping):
@@ -105,7 +108,8 @@ def from_dict(data: Any, ctx: Ctx, source: Path | None) -> RunConfig:
         if fractions is not None:
             check_splits(ctx, ctx.first(("data", "images"), ("search", "split_fractions"), ("data",)),
                          f"data.images: {n_items} image{'s' if n_items != 1 else ''}", n_items, fractions)
-    check_memory(ctx, cfg, out_channels, n_items)
+    if memory:
+        check_memory(ctx, cfg, out_channels, n_items)
     return cfg
 
 
