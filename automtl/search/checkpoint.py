@@ -1,13 +1,14 @@
-"""Checkpoints of a search, for an exact resume (``Searcher.save_checkpoint`` / ``Searcher.resume``).
+"""Checkpoints of any loop, for an exact resume (``Loop.save_checkpoint`` / ``Searcher.resume``).
 
 >>> searcher.run(stop_after=300, checkpoint="search.pt")      # stops after 300 steps, saves
 >>> Searcher.resume("search.pt", build(backbone, heads), tasks, data).run()   # goes on to the end
 
-A checkpoint holds the supermodel's weights and buffers (lazily sized specific weights included),
-the policy logits, both optimisers' states, the loss weighting's state, the step counters (τ
-follows from the policy step), where :meth:`~automtl.search.searcher.Searcher.run` stands (stage and step
-within it), the history, the data order (each stream's epoch, the batches consumed in the
-current pass and its loader's generator state at the pass start) and the RNG states (torch CPU,
+A checkpoint holds what the loop registered (:meth:`~automtl.search.loop.Loop.register`: for the
+AutoMTL search the supermodel with its policy, both optimisers, the loss weighting, the step
+counters, the chosen architecture and the data streams: each stream's epoch, the batches consumed
+in the current pass and its loader's generator state at the pass start), the grad scalers, where
+:meth:`~automtl.search.loop.Loop.run_stages` stands (stage and step within it), the history, the
+config, the loop's identity (backbone digest, task names) and the RNG states (torch CPU,
 CUDA when initialised, python ``random``, numpy when imported). A resumed run is bit-identical to
 an uninterrupted one on the same device under deterministic algorithms, provided every split is
 a ``Dataset`` or a loader that shuffles with its own ``generator`` (or does not shuffle).
@@ -18,6 +19,7 @@ task list raises ``ValueError`` naming it; so does a file of another format or v
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import sys
@@ -27,15 +29,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..model.architecture import Architecture
+from .streams import Stream
 
 if TYPE_CHECKING:
-    from .searcher import SearchConfig, Searcher
+    from .loop import Loop, TrainConfig
 
-__all__ = ["FORMAT", "VERSION", "load", "load_searcher_state", "save", "saved_config", "searcher_state"]
+__all__ = ["FORMAT", "VERSION", "load", "load_loop_state", "loop_state", "save", "saved_config"]
 
 FORMAT = "automtl.search-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: the loop's registered state (version 1 files came from the searcher before the loop)
 #: config fields that may differ between the checkpoint and the resumed run
 FREE_FIELDS = ("quiet", "device", "num_workers")
 
@@ -74,29 +76,26 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
         np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
-def searcher_state(searcher: Searcher) -> dict[str, Any]:
-    """The checkpoint of ``searcher`` as a dict of tensors and plain Python values (not copied)."""
-    s = searcher
-    return {
+def _state_of(obj: Any) -> Any:
+    return obj.state() if isinstance(obj, Stream) else obj.state_dict()
+
+
+def loop_state(loop: Loop) -> dict[str, Any]:
+    """The checkpoint of ``loop`` as a dict of tensors and plain Python values (not copied): what every
+    loop has, its :meth:`~automtl.search.loop.Loop.identity`, and each registered object's state."""
+    state = {
         "format": FORMAT,
         "version": VERSION,
-        "config": _plain(s.config.to_dict()),
-        "backbone_digest": s.model.backbone_digest,
-        "task_names": list(s.names),
-        "model": s.model.state_dict(),
-        "weighting": s.weighting.state_dict(),
-        "weight_opt": s.weight_opt.state_dict(),
-        "policy_opt": s.policy_opt.state_dict(),
-        "scalers": {k: v.state_dict() for k, v in s.scalers.items() if v is not None},
-        "weight_step": s.weight_step,
-        "policy_step": s.policy_step,
-        "tau": s.tau(),
-        "progress": dict(s.progress),
-        "streams": {name: stream.state() for name, stream in s.streams.items()},
-        "history": s.history,
-        "architecture": s.architecture.to_dict() if s.architecture is not None else None,
+        "config": _plain(loop.config.to_dict()),
+        "identity": loop.identity(),
+        "progress": dict(loop.progress),
+        "history": loop.history,
+        "scalers": {k: v.state_dict() for k, v in loop.scalers.items() if v is not None},
         "rng": _rng_state(),
     }
+    for name, obj in loop._state.items():
+        state[name] = _state_of(obj)
+    return state
 
 
 def check(state: Any) -> None:
@@ -111,56 +110,54 @@ def check(state: Any) -> None:
                          f"{VERSION}")
 
 
-def saved_config(state: Mapping[str, Any]) -> SearchConfig:
-    """The :class:`~automtl.search.searcher.SearchConfig` a checkpoint was made with."""
-    from .searcher import SearchConfig
-
+def saved_config(state: Mapping[str, Any], cls: type[TrainConfig]) -> TrainConfig:
+    """The config (a ``cls``, e.g. :class:`~automtl.search.SearchConfig`) a checkpoint was made with."""
     check(state)
     cfg = dict(state["config"])
-    cfg["split_fractions"] = tuple(cfg["split_fractions"])
-    return SearchConfig(**cfg)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ValueError(f"checkpoint: its config has fields {unknown} that {cls.__name__} does not know "
+                         "(made by another method or version?)")
+    for f in dataclasses.fields(cls):
+        if isinstance(f.default, tuple) and isinstance(cfg.get(f.name), list):
+            cfg[f.name] = tuple(cfg[f.name])
+    return cls(**cfg)
 
 
-def _check_compatible(searcher: Searcher, state: Mapping[str, Any]) -> None:
-    saved, now = state["config"], _plain(searcher.config.to_dict())
+def _check_compatible(loop: Loop, state: Mapping[str, Any]) -> None:
+    saved, now = state["config"], _plain(loop.config.to_dict())
     differ = [k for k in sorted(set(saved) | set(now)) if k not in FREE_FIELDS and saved.get(k) != now.get(k)]
     if differ:
         detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}" for k in differ)
         raise ValueError(f"checkpoint: the config differs in {differ} ({detail})")
-    if state["backbone_digest"] != searcher.model.backbone_digest:
-        raise ValueError(f"checkpoint: the backbone differs (digest {state['backbone_digest']!r} in the checkpoint, "
-                         f"{searcher.model.backbone_digest!r} now)")
-    if list(state["task_names"]) != list(searcher.names):
-        raise ValueError(f"checkpoint: the task_names differ ({list(state['task_names'])} in the checkpoint, "
-                         f"{searcher.names} now)")
-    if set(state["streams"]) != set(searcher.streams):
-        raise ValueError(f"checkpoint: the data streams differ ({sorted(state['streams'])} vs "
-                         f"{sorted(searcher.streams)})")
+    for key, value in loop.identity().items():
+        if _plain(state["identity"].get(key)) != _plain(value):
+            raise ValueError(f"checkpoint: the {key} differs ({state['identity'].get(key)!r} in the checkpoint, "
+                             f"{value!r} now)")
+    missing = sorted(set(loop._state) - set(state))
+    if missing:
+        raise ValueError(f"checkpoint: it holds no state for {missing} (made by another method?)")
 
 
-def load_searcher_state(searcher: Searcher, state: Mapping[str, Any]) -> None:
-    """Restore ``state`` (from :func:`searcher_state` or :func:`load`) into ``searcher``."""
+def load_loop_state(loop: Loop, state: Mapping[str, Any]) -> None:
+    """Restore ``state`` (from :func:`loop_state` or :func:`load`) into ``loop``."""
     check(state)
-    _check_compatible(searcher, state)
-    s = searcher
+    _check_compatible(loop, state)
+    streams = {n: o for n, o in loop._state.items() if isinstance(o, Stream)}
     try:
-        s.model.load_state_dict(state["model"])
-        s.weighting.load_state_dict(state["weighting"])
-        s.weight_opt.load_state_dict(state["weight_opt"])
-        s.policy_opt.load_state_dict(state["policy_opt"])
+        for name, obj in loop._state.items():
+            if name not in streams:
+                obj.load_state_dict(state[name])
         for name, scaler_state in state.get("scalers", {}).items():
-            if s.scalers.get(name) is not None:
-                s.scalers[name].load_state_dict(scaler_state)
-    except (RuntimeError, KeyError, ValueError) as e:
-        raise ValueError(f"checkpoint: the model or optimiser state does not fit this searcher: {e}") from e
-    s.weight_step, s.policy_step = int(state["weight_step"]), int(state["policy_step"])
-    s.progress = dict(state["progress"])
-    s.history = {k: list(v) for k, v in state["history"].items()}
-    arch = state.get("architecture")
-    s.architecture = Architecture.from_dict(arch) if arch is not None else None
-    s.derived = None
-    for name, stream in s.streams.items():
-        stream.restore(state["streams"][name])
+            if loop.scalers.get(name) is not None:
+                loop.scalers[name].load_state_dict(scaler_state)
+    except (RuntimeError, KeyError, ValueError, TypeError) as e:
+        raise ValueError(f"checkpoint: the model or optimiser state does not fit this run: {e}") from e
+    loop.progress = dict(state["progress"])
+    loop.history = {k: list(v) for k, v in state["history"].items()}
+    for name, stream in streams.items():
+        stream.restore(state[name])
     _set_rng_state(state["rng"])  # last: re-opening a loader may have drawn from the global RNG
 
 

@@ -26,7 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["ShardedBatches", "ShardedSampler", "average_gradients", "broadcast_buffers", "init_from_env",
+__all__ = ["ShardedBatches", "ShardedSampler", "average_gradients", "average_tensor", "broadcast_buffers",
+           "init_from_env",
            "local_device", "mean_losses", "mean_scalar", "rank_and_world"]
 
 
@@ -135,6 +136,15 @@ def average_gradients(params: Sequence[nn.Parameter]) -> None:
     for g in grads:
         g.copy_(flat[offset:offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+def average_tensor(value: torch.Tensor) -> torch.Tensor:
+    """``value`` averaged over the processes (a new tensor; ``value`` itself in one process)."""
+    if rank_and_world()[1] == 1:
+        return value
+    out = value.detach().clone()
+    dist.all_reduce(out)
+    return out / dist.get_world_size()
 
 
 def broadcast_buffers(module: nn.Module) -> None:
