@@ -381,6 +381,10 @@ def test_long_trunk_output_is_capped_at_build(tmp_path: Path) -> None:
     (TINY.replace("images: 8", "images: 3") + "search: {split_fractions: [0.5, 0.4, 0.1]}\n", "images",
      "data.images: 3 images split by search.split_fractions [0.5, 0.4, 0.1] leave the 'val' split empty; "
      "it needs at least 6 items"),
+    (TINY + "search: {split_fractions: [0.0, 0.5, 0.5]}\n", "split_fractions",
+     "search.split_fractions: the 'weights' fraction must be in (0, 1], got 0.0"),
+    (TINY + "search: {split_fractions: [0.6, 0.6, 0.2]}\n", "split_fractions",
+     "search.split_fractions: [0.6, 0.6, 0.2] sum to 1.4, more than 1"),
     (TINY + "search: {weighting: uncertainy}\n", "uncertainy",
      "search.weighting: unknown loss weighting 'uncertainy'; did you mean 'uncertainty'? known:"),
     (TINY + "search:\n  weighting: dwa\n  weighting_kwargs: {temprature: 2}\n", "temprature",
@@ -399,6 +403,13 @@ def test_long_trunk_output_is_capped_at_build(tmp_path: Path) -> None:
 def test_late_errors_are_found_at_load(tmp_path: Path, text: str, needle: str, piece: str) -> None:
     path, message = load_error(tmp_path, text)
     assert message.startswith(f"{path}:{line_of(text, needle)}: {piece}"), message
+
+
+def test_split_fractions_are_checked_for_user_data_at_load(tmp_path: Path, factories: Path) -> None:
+    text = FACTORY_CONFIG.replace("batch_size: 4,", "batch_size: 4, split_fractions: [0.5, 0.5, 0.5],")
+    path, message = load_error(tmp_path, text)
+    assert message == f"{path}:{line_of(text, 'split_fractions')}: search.split_fractions: [0.5, 0.5, 0.5] sum to " \
+                      "1.5, more than 1"
 
 
 def test_classification_on_user_data_needs_num_classes(tmp_path: Path, factories: Path) -> None:

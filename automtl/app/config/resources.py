@@ -41,7 +41,10 @@ from typing import Any
 from .errors import ConfigError, Ctx, KeyPath, dotted
 from .settings import natural_head
 
-__all__ = ["BYTES_PER_INDEX", "check_index_memory", "check_memory", "check_splits", "host_memory", "split_sizes"]
+__all__ = [
+    "BYTES_PER_INDEX", "check_fractions", "check_index_memory", "check_memory", "check_splits", "host_memory",
+    "split_sizes",
+]
 
 BYTES_PER_INDEX = 56
 """Host bytes the (weights, policy, val) split keeps per dataset item."""
@@ -61,23 +64,29 @@ def split_sizes(n: int, fractions: Sequence[float]) -> list[int]:
     return [hi - lo for lo, hi in zip(bounds, bounds[1:], strict=False)]
 
 
-def check_splits(ctx: Ctx, at: KeyPath, what: str, n: int, fractions: Sequence[float]) -> None:
-    """Refuse ``n`` items (described by ``what``) that leave a split empty, saying how many are needed.
-
-    The fractions themselves must each be in (0, 1] and sum to at most 1 (as the split requires).
-    """
+def check_fractions(ctx: Ctx, fractions: Sequence[float]) -> list[float]:
+    """The split fractions as floats, each in (0, 1] and summing to at most 1 (as the split requires)."""
     frs = [float(f) for f in fractions]
-    names = SPLIT_NAMES if len(frs) == 3 else tuple(f"split {i}" for i in range(len(frs)))
     where = ctx.first(("search", "split_fractions"), ("search",))
-    for name, f in zip(names, frs, strict=True):
+    for name, f in zip(_names(len(frs)), frs, strict=True):
         if not (math.isfinite(f) and 0.0 < f <= 1.0):
             raise ctx.error(where, f"search.split_fractions: the '{name}' fraction must be in (0, 1], got {f}")
     if sum(frs) > 1.0 + 1e-9:
         raise ctx.error(where, f"search.split_fractions: {frs} sum to {sum(frs):.6g}, more than 1")
-    sizes = split_sizes(n, fractions)
+    return frs
+
+
+def _names(k: int) -> tuple[str, ...]:
+    return SPLIT_NAMES if k == 3 else tuple(f"split {i}" for i in range(k))
+
+
+def check_splits(ctx: Ctx, at: KeyPath, what: str, n: int, fractions: Sequence[float]) -> None:
+    """Refuse ``n`` items (described by ``what``) that leave a split empty, saying how many are needed."""
+    frs = check_fractions(ctx, fractions)
+    sizes = split_sizes(n, frs)
     if min(sizes, default=1) >= 1:
         return
-    empty = names[sizes.index(0)]
+    empty = _names(len(frs))[sizes.index(0)]
     limit = math.floor(1 / min(frs)) + 2
     need = next((m for m in range(n + 1, limit + 1) if min(split_sizes(m, frs)) >= 1), limit)
     raise ctx.error(at, f"{what} split by search.split_fractions {frs} leave{'s' if n == 1 else ''} the '{empty}' "

@@ -20,7 +20,7 @@ from ...train.tasks import TASKS, TaskInputError
 from .coerce import check_keys, choice, int_value, required, section, signature, value
 from .errors import ConfigError, Ctx, KeyPath, dotted, kind_of, quote, suggest
 from .factories import factory_arguments, load_factory
-from .resources import check_memory, check_splits
+from .resources import check_fractions, check_memory, check_splits
 from .settings import (
     AMP_MODES,
     BACKBONE_KEYS,
@@ -101,11 +101,11 @@ def from_dict(data: Any, ctx: Ctx, source: Path | None, memory: bool = True) -> 
     if not factory:
         _check_data(ctx, cfg, data_section)
     out_channels = {name: _check_task(ctx, cfg, name) for name in tasks}
-    n_items = None
-    if not factory:
-        n_items = cfg.data.options.get("n", DEFAULT_IMAGES)
-        fractions = getattr(cfg.search, "split_fractions", None)
-        if fractions is not None:
+    n_items = None if factory else cfg.data.options.get("n", DEFAULT_IMAGES)
+    fractions = getattr(cfg.search, "split_fractions", None)
+    if fractions is not None:
+        check_fractions(ctx, fractions)
+        if n_items is not None:
             check_splits(ctx, ctx.first(("data", "images"), ("search", "split_fractions"), ("data",)),
                          f"data.images: {n_items} image{'s' if n_items != 1 else ''}", n_items, fractions)
     if memory:
