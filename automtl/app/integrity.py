@@ -251,6 +251,21 @@ class DirLock:
             return cls(file, fd, created)
         raise RunError(f"{file}: could not be locked (it keeps being replaced); try again")
 
+    @staticmethod
+    def holder(file: str | os.PathLike[str]) -> str | None:
+        """``"pid N"`` when another process holds ``file`` locked, else ``None`` (nothing is changed)."""
+        try:
+            fd = os.open(file, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return _holder(fd)
+        finally:
+            os.close(fd)  # closing lets go of the probe's own lock
+        return None
+
     @property
     def held(self) -> bool:
         return self._fd >= 0

@@ -35,7 +35,7 @@ from .integrity import (
     os_error_line,
 )
 
-__all__ = ["CHECKPOINT", "FORMAT", "LOCK", "META", "PREVIOUS", "VERSION", "RunDir", "RunError"]
+__all__ = ["CHECKPOINT", "FORMAT", "LOCK", "META", "PREVIOUS", "VERSION", "NotWritable", "RunDir", "RunError"]
 
 FORMAT = "automtl.run"
 VERSION = 1
@@ -43,6 +43,10 @@ META = "automtl-run.json"
 LOCK = "automtl-run.lock"
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
+
+
+class NotWritable(RunError):
+    """A run directory this process cannot write (nor lock)."""
 
 
 def _load_back(path: Path) -> None:
@@ -61,6 +65,8 @@ class RunDir:
         self.lock: DirLock | None = None
         self.started = False
         self._made: list[Path] = []  # folders this command created (a new run), top-most first
+        # the records of checkpoint.pt and checkpoint.prev.pt as they are now (None: none, or unknown)
+        self._current: tuple[dict[str, Any] | None, dict[str, Any] | None] = (None, None)
         self._new = False
 
     def __truediv__(self, name: str) -> Path:
@@ -181,13 +187,15 @@ class RunDir:
         read it back, record its hash, then make it ``checkpoint.pt`` and the one before it
         ``checkpoint.prev.pt``. At every moment each checkpoint file is whole and recorded."""
         self.mark_started()
-        old = self.checkpoints()
+        current, previous = self._current
         with StagedFile(self / CHECKPOINT) as staged:
             write(staged.path)
             new = {**staged.seal(_load_back).to_dict(), "steps": int(steps)}
-            self.write_meta(checkpoints=[new, *old[:2]])  # the files on disk during the switch are all recorded
+            # during the switch every file on disk is recorded; the new one as pending until it is in place
+            self.write_meta(checkpoints=[c for c in ({**new, "pending": True}, current, previous) if c])
             staged.commit(keep=self / PREVIOUS)
-        self.write_meta(checkpoints=[new, *old[:1]])
+        self.write_meta(checkpoints=[c for c in (new, current) if c])
+        self._current = (new, current)
 
     def resume_checkpoint(self) -> Path | None:
         """The checkpoint to resume from (``None``: the run never saved one), checked against the manifest.
@@ -195,16 +203,22 @@ class RunDir:
         A damaged, missing or misplaced checkpoint of a run that recorded one is one ``RunError``
         line offering the last good checkpoint: never a silent restart from step 0."""
         file, records = self / CHECKPOINT, self.checkpoints()
+        saved = [c for c in records if not c.get("pending")]  # a pending one may never have been put in place
         if file.exists() and not file.is_file():
             raise RunError(f"{file}: is a directory, not a checkpoint; {self._checkpoint_remedy(file)}")
         if file.is_file():
-            if not records or self._recorded(file) is not None:
-                return file  # recorded, or a run from before checkpoints were recorded
+            found = self._recorded(file)
+            if found is not None:
+                previous = self._recorded(self / PREVIOUS)
+                self._current = (_settled(found), _settled(previous))
+                return file
+            if not records:
+                return file  # a run from before checkpoints were recorded
             raise RunError(f"{file}: damaged: its content is none of the checkpoints the run wrote (the last after "
                            f"{records[0]['steps']} steps); resuming from it would continue another model; "
                            + self._checkpoint_remedy(file))
-        if records:
-            raise RunError(f"{self.path}: no {CHECKPOINT}, though the run saved one after {records[0]['steps']} steps; "
+        if saved:
+            raise RunError(f"{self.path}: no {CHECKPOINT}, though the run saved one after {saved[0]['steps']} steps; "
                            "resuming now would silently start again from step 0; " + self._checkpoint_remedy(file))
         return None
 
@@ -223,6 +237,10 @@ class RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise RunError(f"{self.path}: exists and is not a directory; choose another --out")
         if self.path.is_dir() and any(self.path.iterdir()):
+            holder = DirLock.holder(self / LOCK)
+            if holder is not None:
+                raise RunError(f"{self.path}: in use by another automtl process ({holder}, see {LOCK}); "
+                               "wait for it to end, or stop it, then try again")
             what = "a run" if (self / META).is_file() else "files"
             raise RunError(f"{self.path}: already holds {what}; nothing was changed. Pass --resume to continue a "
                            "stopped run there, or choose another --out")
@@ -266,7 +284,7 @@ class RunDir:
             self.lock = DirLock.acquire(self / LOCK, str(self.path))
             clean_temporaries(self.path)
         except OSError as e:
-            raise RunError(f"{self.path}: not writable ({os_error_line(e)}); a run directory must be writable: "
+            raise NotWritable(f"{self.path}: not writable ({os_error_line(e)}); a run directory must be writable: "
                            "fix its permissions, or copy it elsewhere and use the copy") from None
 
     def release(self) -> None:
@@ -313,6 +331,11 @@ class RunDir:
             key, was, now = diff
             raise RunError(f"{self.path}: the config differs from the run's in {key} (run: {was!r}, now: {now!r}); "
                            "resume with the run's config.yaml, or start a new run with another --out")
+
+
+def _settled(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A checkpoint record without its pending mark."""
+    return None if record is None else {k: record[k] for k in ("sha256", "bytes", "steps")}
 
 
 def _make_folders(path: Path) -> list[Path]:

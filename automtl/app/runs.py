@@ -59,7 +59,7 @@ from .records import (
     report_table,
     write_csv,
 )
-from .rundir import CHECKPOINT, FORMAT, LOCK, META, VERSION, RunDir, RunError
+from .rundir import CHECKPOINT, FORMAT, LOCK, META, VERSION, NotWritable, RunDir, RunError
 
 __all__ = ["CHECKPOINT", "FORMAT", "LOCK", "META", "VERSION", "MetricsWriter", "Row", "RunDir", "RunError",
            "Searched", "complete_report", "delta_mtl", "derive_run", "flatten", "format_table", "load_report",
@@ -180,7 +180,7 @@ def _search(cfg: RunConfig, run: RunDir, model: Any, tasks: Mapping[str, Task], 
             writer.close(csv=done)
     if result is None:
         if rank == 0:
-            run.write_meta(status="stopped", steps=searcher.steps_done())
+            run.write_meta(status="stopped", steps=searcher.steps_done(), pid=None)
         talk(f"stopped after {searcher.steps_done()} steps; checkpoint {run / CHECKPOINT}. Go on with --resume")
         return None
     searched = Searched(result.architecture, result.model, searcher.history, result.metrics, result.losses,
@@ -224,7 +224,7 @@ def _failed(run: RunDir, exc: BaseException, rank: int) -> BaseException:
                 where = f"nothing was written to {run.path}"
             else:
                 interrupted = isinstance(exc, KeyboardInterrupt)
-                run.write_meta(status="stopped" if interrupted else "failed",
+                run.write_meta(status="stopped" if interrupted else "failed", pid=None,
                                error="interrupted" if interrupted else reason)
                 last = run.good_checkpoint()
                 after = f" (after {last[1]} steps)" if last is not None else ""
@@ -235,8 +235,12 @@ def _failed(run: RunDir, exc: BaseException, rank: int) -> BaseException:
             pass
         finally:
             run.release()
-    if isinstance(exc, KeyboardInterrupt):
-        return exc
+    return _one_line_error(exc, reason, where)
+
+
+def _one_line_error(exc: BaseException, reason: str, where: str) -> BaseException:
+    """A ``RunError`` line for the failures a user can act on (NaN loss, file system, memory); others
+    (Ctrl-C, errors that already are one line, bugs) as they are."""
     if isinstance(exc, FloatingPointError | OSError | MemoryError | torch.OutOfMemoryError):
         return RunError(f"{reason}; {where}" if where else reason)
     return exc
@@ -311,7 +315,7 @@ def _report(cfg: RunConfig, run: RunDir, searched: Searched, tasks: Mapping[str,
     if rank == 0:
         run.put_text("report.json", json.dumps(report, indent=1) + "\n")
         run.put_text("report.md", report_markdown(report, title))
-        run.write_meta(status="done", error=None, baselines=None)
+        run.write_meta(status="done", error=None, baselines=None, pid=None)
     return report
 
 
@@ -363,9 +367,12 @@ def complete_report(path: str | os.PathLike[str], title: str = "automtl search",
             write_csv(run / "metrics.jsonl", run / "metrics.csv")
         report = _report(cfg, run, searched, build_tasks(cfg), build_dataset(cfg), _silent, 0, title)
     except BaseException as e:
-        if not isinstance(e, RunError):
-            run.write_meta(status="failed", error=os_error_line(e) if isinstance(e, OSError) else one_line(e))
-        raise
+        if isinstance(e, RunError):
+            raise
+        reason = os_error_line(e) if isinstance(e, OSError) else one_line(e)
+        run.write_meta(status="failed", error=reason, pid=None)
+        raise _one_line_error(e, reason, f"{run.path}: status 'failed'; fix the cause, then `automtl report "
+                                         f"{run.path}` again") from e
     finally:
         run.release()
     return report
@@ -418,7 +425,11 @@ def derive_run(path: str | os.PathLike[str], sample: int = 0, out: str | os.Path
     out = Path(out)
     if out.exists():
         raise RunError(f"{out}: exists; nothing was changed. Choose another --out")
-    run.acquire()
+    try:
+        run.acquire()
+    except NotWritable:  # a read-only run (an archive, say) can still be derived from, into another folder
+        if out.resolve().is_relative_to(run.path.resolve()):
+            raise
     try:
         searcher = searcher_for(run)
         arch = searcher.derive("sample" if sample else "argmax", k=max(sample, 1))
