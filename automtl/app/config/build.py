@@ -20,7 +20,7 @@ from ...model.supermodel import SuperModel, build
 from ...train.data import MultiDigits, SyntheticScenes
 from ...train.tasks import TASKS, Task, classification_head, dense_head
 from .coerce import signature
-from .errors import ConfigError, Ctx, KeyPath, clip, dotted, kind_of, quote, suggest
+from .errors import ConfigError, Ctx, KeyPath, clip, dotted, kind_of, quote, said, suggest
 from .factories import call_factory, load_factory
 from .resources import check_index_memory, check_splits
 from .settings import DATASETS, DEFAULT_IMAGES, RunConfig, natural_head
@@ -79,7 +79,7 @@ def build_tasks(cfg: RunConfig) -> dict[str, Task]:
         except ConfigError:
             raise
         except (ValueError, TypeError) as exc:
-            raise ctx_of(cfg).error(("tasks", name), f"{dotted(('tasks', name))}: {exc}") from None
+            raise ctx_of(cfg).error(("tasks", name), f"{dotted(('tasks', name))}: {said(exc)}") from None
     return out
 
 
@@ -135,7 +135,7 @@ def build_dataset(cfg: RunConfig) -> Any:
     try:
         return DATASETS[cfg.data.name](**kwargs)
     except (ValueError, TypeError) as exc:
-        raise ctx_of(cfg).error(("data",), f"data: {exc}") from None
+        raise ctx_of(cfg).error(("data",), f"data: {said(exc)}") from None
 
 
 def _factory_dataset(cfg: RunConfig) -> Any:
@@ -180,7 +180,7 @@ def _check_item(ctx: Ctx, cfg: RunConfig, data: Any, what: str) -> None:
     try:
         item = data[0]
     except Exception as exc:  # noqa: BLE001 - the user's dataset: any failure is one line
-        raise ctx.error(at, f"{what}: reading item 0 raised {type(exc).__name__}: {exc}") from None
+        raise ctx.error(at, f"{what}: reading item 0 raised {type(exc).__name__}: {said(exc)}") from None
     if not (isinstance(item, list | tuple) and len(item) == 2 and isinstance(item[1], Mapping)):
         raise ctx.error(at, f"{what}: item 0 is {kind_of(item)}; items must be (image, {{task: target}}) pairs")
     x = item[0]
@@ -252,7 +252,7 @@ def build_model(cfg: RunConfig, task_names: Sequence[str] | None = None) -> Supe
         try:
             graph = compile_backbone(b.name, tuple(b.input_shape))
         except (ValueError, TypeError, OSError) as exc:
-            raise ctx.error(("backbone", "name"), f"backbone {b.name}: {exc}") from None
+            raise ctx.error(("backbone", "name"), f"backbone {clip(b.name)}: {said(exc)}") from None
         _check_trunk_output(ctx, graph, cfg)
         probe = build(graph, {t: nn.Identity() for t in names}, trunk_output=b.trunk_output, check_heads=False)
         shape = tuple(probe.graph[probe.graph.outputs[0]].shape)
@@ -266,4 +266,4 @@ def build_model(cfg: RunConfig, task_names: Sequence[str] | None = None) -> Supe
         except ValueError as exc:
             factory = next((t for t in names if cfg.tasks[t].head_factory and f"'{t}'" in str(exc)), None)
             at: KeyPath = ("tasks", factory, "head", "factory") if factory else ("backbone",)
-            raise ctx.error(at, str(exc)) from None
+            raise ctx.error(at, said(exc, 600)) from None

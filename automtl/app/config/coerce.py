@@ -14,7 +14,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .errors import ConfigError, Ctx, KeyPath, closest, dotted, kind_of, quote, suggest, where
+from .errors import Ctx, KeyPath, closest, dotted, kind_of, quote, suggest, where
 
 __all__ = ["INT_LIMIT", "check_keys", "choice", "coerce", "int_value", "section", "signature", "value"]
 
@@ -200,9 +200,3 @@ def required(factory: Any, exclude: Sequence[str] = ()) -> list[str]:
     return [n for n, p in params.items()
             if p.default is inspect.Parameter.empty and p.kind not in plain and n not in exclude]
 
-
-def fail(ctx: Ctx, path: KeyPath, exc: BaseException, prefix: str) -> ConfigError:
-    """A constructor's own ValueError/TypeError as a config error at ``path``."""
-    if isinstance(exc, ConfigError):
-        return exc
-    return ctx.error(path, f"{prefix}: {exc}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MAX_ECHO", "MAX_MESSAGE", "ConfigError", "Ctx", "KeyPath", "quote", "suggest"]
+__all__ = ["MAX_ECHO", "MAX_MESSAGE", "ConfigError", "Ctx", "KeyPath", "quote", "said", "suggest"]
 
 MAX_ECHO = 200
 """At most this many characters of one user value appear in a message."""
@@ -77,6 +77,11 @@ class Ctx:
 def clip(text: str, limit: int = MAX_ECHO) -> str:
     """``text`` cut to ``limit`` characters, saying how long it was."""
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def said(exc: BaseException, limit: int = 300) -> str:
+    """What an exception from other code (a constructor, a user factory) says, on one line and capped."""
+    return clip(" ".join(str(exc).split()), limit)
 
 
 def quote(value: Any, limit: int = MAX_ECHO) -> str:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from .coerce import check_keys, signature, value
-from .errors import ConfigError, Ctx, KeyPath, clip, closest, dotted, kind_of, quote
+from .errors import ConfigError, Ctx, KeyPath, clip, closest, dotted, kind_of, quote, said
 
 __all__ = ["call_factory", "factory_arguments", "load_factory"]
 
@@ -38,9 +38,10 @@ def load_factory(ctx: Ctx, path: KeyPath, ref: Any) -> Callable[..., Any]:
         if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
             raise ctx.error(path, f"{at}: no module named {quote(exc.name)} (install it, or add its folder to "
                                   "PYTHONPATH)") from None
-        raise ctx.error(path, f"{at}: importing {quote(module_name)} failed: {exc}") from None
+        raise ctx.error(path, f"{at}: importing {quote(module_name)} failed: {said(exc)}") from None
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's module: any failure is one line
-        raise ctx.error(path, f"{at}: importing {quote(module_name)} raised {type(exc).__name__}: {exc}") from None
+        raise ctx.error(path, f"{at}: importing {quote(module_name)} raised {type(exc).__name__}: "
+                              f"{said(exc)}") from None
     obj: Any = module
     done: list[str] = []
     for part in attr.split("."):
@@ -108,4 +109,4 @@ def call_factory(ctx: Ctx, path: KeyPath, factory: Callable[..., Any], ref: str,
         raise
     except Exception as exc:  # noqa: BLE001 - the user's code: any failure is one line
         raise ctx.error(path + ("factory",), f"{dotted(path)}.factory: {clip(ref)}(...) raised "
-                                             f"{type(exc).__name__}: {exc}") from None
+                                             f"{type(exc).__name__}: {said(exc)}") from None

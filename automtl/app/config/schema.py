@@ -18,7 +18,7 @@ from typing import Any
 
 from ...train.tasks import TASKS, TaskInputError
 from .coerce import check_keys, choice, int_value, required, section, signature, value
-from .errors import ConfigError, Ctx, KeyPath, dotted, kind_of, quote, suggest
+from .errors import ConfigError, Ctx, KeyPath, clip, dotted, kind_of, quote, said, suggest
 from .factories import factory_arguments, load_factory
 from .resources import check_fractions, check_memory, check_splits
 from .settings import (
@@ -294,9 +294,9 @@ def _search(ctx: Ctx, sec: Mapping, seed: int, device: str, amp: str | None) -> 
         m = re.match(rf"{re.escape(cls.__name__)}\.(\w+)", str(exc))
         key = m.group(1) if m else None
         if key in RUN_FIELDS:
-            raise ctx.error((key,), f"{key}: {exc}") from None
+            raise ctx.error((key,), f"{key}: {said(exc)}") from None
         where = ("search", key) if key in sec else path
-        raise ctx.error(where, f"{dotted(where)}: {exc}") from None
+        raise ctx.error(where, f"{dotted(where)}: {said(exc)}") from None
 
 
 def _weightings() -> dict[str, Any]:
@@ -334,8 +334,8 @@ def _check_data(ctx: Ctx, cfg: RunConfig, sec: Mapping) -> None:
     except (ValueError, TypeError) as exc:
         key, _, rest = str(exc).partition(" ")
         if key in sec:  # the dataset's messages start with the argument's name
-            raise ctx.error(("data", key), f"data.{key}: {rest}") from None
-        raise ctx.error(("data",), f"data: {exc}") from None
+            raise ctx.error(("data", key), f"data.{key}: {clip(rest, 300)}") from None
+        raise ctx.error(("data",), f"data: {said(exc)}") from None
     want = image_shape(cfg.data.name, kwargs)
     shape = cfg.backbone.input_shape
     if want is not None and tuple(shape) != want:
@@ -366,9 +366,9 @@ def _check_task(ctx: Ctx, cfg: RunConfig, name: str) -> int | None:
     except TaskInputError as exc:
         text, prefix = str(exc), f"task '{exc.task}': {exc.field}: "
         text = text[len(prefix):] if text.startswith(prefix) else text
-        raise ctx.error(path + (exc.field,), f"{dotted(path)}.{exc.field}: {text}") from None
+        raise ctx.error(path + (exc.field,), f"{dotted(path)}.{exc.field}: {clip(text, 300)}") from None
     except (ValueError, TypeError) as exc:
-        raise ctx.error(path, f"{dotted(path)}: {exc}") from None
+        raise ctx.error(path, f"{dotted(path)}: {said(exc)}") from None
     try:
         return int(task.out_channels)
     except (AttributeError, NotImplementedError, TypeError, ValueError):

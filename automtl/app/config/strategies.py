@@ -16,9 +16,9 @@ DEFAULT_STRATEGY = "automtl"
 
 def _registry() -> dict[str, type]:
     """Strategy name -> options dataclass (imported late: the search imports the model and data)."""
-    from ...search.searcher import SearchConfig
+    from ...search.strategies import STRATEGIES
 
-    return {"automtl": SearchConfig}
+    return {name: strategy.options for name, strategy in STRATEGIES.items()}
 
 
 def strategy_names() -> list[str]:
