@@ -500,6 +500,50 @@ def test_lrn_within_channel_matches_caffes_definition(size: int, alpha: float, b
         torch.testing.assert_close(gm(x), caffe_lrn_within_channel(x, size, alpha, beta), rtol=1e-12, atol=1e-12)
 
 
+def cifar10_full_text() -> str:
+    """BVLC's examples/cifar10 cifar10_full deploy network (WITHIN_CHANNEL LRN after two poolings)."""
+    conv = "convolution_param {{ num_output: {} pad: 2 kernel_size: 5 stride: 1 }}"
+    pool = "pooling_param {{ pool: {} kernel_size: 3 stride: 2 }}"
+    norm = "lrn_param { local_size: 3 alpha: 5e-05 beta: 0.75 norm_region: WITHIN_CHANNEL }"
+    return (
+        'name: "CIFAR10_full_deploy"\n'
+        + layer("data", "Input", [], "data", "input_param { shape: { dim: 1 dim: 3 dim: 32 dim: 32 } }")
+        + layer("conv1", "Convolution", "data", "conv1", conv.format(32))
+        + layer("pool1", "Pooling", "conv1", "pool1", pool.format("MAX"))
+        + layer("relu1", "ReLU", "pool1", "pool1")
+        + layer("norm1", "LRN", "pool1", "norm1", norm)
+        + layer("conv2", "Convolution", "norm1", "conv2", conv.format(32))
+        + layer("relu2", "ReLU", "conv2", "conv2")
+        + layer("pool2", "Pooling", "conv2", "pool2", pool.format("AVE"))
+        + layer("norm2", "LRN", "pool2", "norm2", norm)
+        + layer("conv3", "Convolution", "norm2", "conv3", conv.format(64))
+        + layer("relu3", "ReLU", "conv3", "conv3")
+        + layer("pool3", "Pooling", "conv3", "pool3", pool.format("AVE"))
+        + layer("ip1", "InnerProduct", "pool3", "ip1", "inner_product_param { num_output: 10 }")
+        + layer("prob", "Softmax", "ip1", "prob")
+    )
+
+
+def test_cifar10_full_deploy_file_equals_caffes_definitions() -> None:
+    g = from_text(cifar10_full_text(), "cifar10_full.prototxt")
+    assert g.params == 89_578 and g.outputs == ["prob"]
+    assert (g["norm1"].shape, g["norm2"].shape, g["pool3"].shape) == ((1, 32, 16, 16), (1, 32, 8, 8), (1, 64, 4, 4))
+    gm = codegen(g).double().eval()
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
+
+    def pool(y: torch.Tensor, method: str) -> torch.Tensor:
+        return torch.from_numpy(caffe_pool(y.numpy(), 3, 2, 0, method, ceil=True))
+
+    with torch.no_grad():
+        y = pool(F.conv2d(x, gm.conv1.weight, gm.conv1.bias, padding=2), "MAX").relu()
+        y = caffe_lrn_within_channel(y, 3, 5e-05, 0.75)
+        y = pool(F.conv2d(y, gm.conv2.weight, gm.conv2.bias, padding=2).relu(), "AVE")
+        y = caffe_lrn_within_channel(y, 3, 5e-05, 0.75)
+        y = pool(F.conv2d(y, gm.conv3.weight, gm.conv3.bias, padding=2).relu(), "AVE")
+        want = F.linear(y.flatten(1), gm.ip1.weight, gm.ip1.bias).softmax(1)
+        torch.testing.assert_close(gm(x), want, rtol=1e-12, atol=1e-12)
+
+
 def test_lrn_refuses_even_windows_and_non_image_inputs() -> None:
     for region in ("ACROSS_CHANNELS", "WITHIN_CHANNEL"):
         msg = error(net(layer("n", "LRN", "data", "n", f"lrn_param {{ local_size: 4 norm_region: {region} }}")))
