@@ -49,6 +49,7 @@ class Trainer(Loop):
             self.data["val"], "val", config.eval_batch_size, False, 3)
         self.streams["train"] = self.register("train_stream", Stream(self.loaders["train"], "train"))
         model.to(self.device)
+        self.register("model", model)
         self.weighting = self.register("weighting", self.make_weighting())
         self.params = list(model.parameters()) + list(self.weighting.parameters())
         self.opt = self.register("opt", self.weight_optimizer(self.params, lr or config.weight_lr))

@@ -1,0 +1,43 @@
+"""The registry of search strategies: each a :class:`~automtl.search.loop.Loop` and its options dataclass.
+
+``search: {strategy: automtl, ...}`` in a config selects one by name; its options are validated
+against its own dataclass. A new method registers itself with :func:`register_strategy`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .loop import Loop, TrainConfig
+from .searcher import SearchConfig, Searcher
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A search method: its loop class and the dataclass of its options."""
+
+    name: str
+    loop: type[Loop]
+    options: type[TrainConfig]
+    summary: str = ""
+
+
+STRATEGIES: dict[str, Strategy] = {}
+
+
+def register_strategy(strategy: Strategy) -> Strategy:
+    if strategy.name in STRATEGIES:
+        raise ValueError(f"search strategy {strategy.name!r} is registered twice")
+    STRATEGIES[strategy.name] = strategy
+    return strategy
+
+
+def get_strategy(name: str) -> Strategy:
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise ValueError(f"unknown search strategy {name!r}; choose one of {', '.join(sorted(STRATEGIES))}") from None
+
+
+register_strategy(Strategy("automtl", Searcher, SearchConfig,
+                           "per-task Gumbel-softmax policies over shared / specific / skip (AutoMTL)"))
