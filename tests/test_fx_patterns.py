@@ -12,6 +12,7 @@ from collections import Counter
 
 import pytest
 import torch
+import torch.nn.functional as F
 from cnn_patterns import PATTERNS
 from torch import nn
 
@@ -96,3 +97,205 @@ def test_convnext_layer_norms_permutes_and_layer_scale(randomize) -> None:
     assert graph["stage1.gamma"].kind == "parameter" and graph["stage1.gamma"].shape == (16,)
     assert graph["stage2.gamma"].shape == (1, 24, 1, 1)  # `gamma.reshape(1, -1, 1, 1)` folded into the operator
     assert graph["stage1.gamma"].params == 16 and graph["stage1.fc1"].shape == (1, 8, 8, 64)
+
+
+# --- one small module per feature -------------------------------------------------------------------
+def compile_quietly(module: nn.Module, shape: tuple[int, ...]) -> Graph:
+    """Compile and fail on any OpaqueOperatorWarning (the module should be fully typed)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OpaqueOperatorWarning)
+        return automtl.compile(module, input_shape=shape)
+
+
+class FunctionalNorms(nn.Module):
+    """Norms called as functions on parameters and buffers, with and without affine weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(4, affine=False)
+        self.gn_weight, self.gn_bias = nn.Parameter(torch.rand(4) + 0.5), nn.Parameter(torch.randn(4))
+        self.ln_weight = nn.Parameter(torch.rand(6) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.batch_norm(x, self.bn.running_mean, self.bn.running_var, None, None, False, 0.1, 1e-5)
+        y = F.group_norm(y, 2, self.gn_weight, self.gn_bias, 1e-5)
+        z = F.layer_norm(y, (6,), self.ln_weight, None)  # over the last axis, no bias
+        return z + F.layer_norm(y, y.shape[-2:])  # over the last two axes, no affine
+
+
+def test_functional_norms_are_typed_and_counted(assert_same) -> None:
+    m = FunctionalNorms().eval()
+    with torch.no_grad():
+        m.bn.running_mean.uniform_(-1, 1)
+        m.bn.running_var.uniform_(0.5, 2)
+    g = compile_quietly(m, (4, 5, 6))
+    assert [n.kind for n in g] == ["input", "batch_norm", "group_norm", "layer_norm", "layer_norm", "add"]
+    bn = g["batch_norm"]
+    assert bn.attrs["affine"] is False and bn.params == 0 and sorted(bn.tensors) == [
+        "running_mean", "running_var"]
+    assert g["group_norm"].params == 8 and g["layer_norm"].params == 6 and g["layer_norm_1"].params == 0
+    assert g["layer_norm_1"].attrs["normalized_shape"] == (5, 6)
+    assert g.params == n_params(m)
+    assert_same(m, g, batch=3)
+
+
+class BNAct(nn.BatchNorm2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training,
+                                   self.momentum, self.eps))
+
+
+def test_functional_batch_norm_follows_train_and_eval_like_the_source(randomize) -> None:
+    """Traced in training mode, the typed batch norm normalises by batch statistics and updates its running
+    statistics as the source does; in eval mode it uses them."""
+    m = randomize(nn.Sequential(nn.Conv2d(3, 4, 3), BNAct(4))).train()
+    g = compile_quietly(m, (3, 6, 6))
+    assert g["1"].kind == "batch_norm" and g["1"].attrs["momentum"] == 0.1
+    from automtl.compiler.codegen import codegen
+
+    gm = codegen(g).train()
+    x = torch.randn(4, 3, 6, 6)
+    assert torch.allclose(gm(x), m(x), atol=1e-5)
+    assert torch.allclose(gm.get_submodule("_1").running_mean, m[1].running_mean, atol=1e-6)
+    gm.eval(), m.eval()
+    assert torch.allclose(gm(x), m(x), atol=1e-5)
+
+
+def test_fused_bn_act_becomes_a_choice_batch_norm_in_the_supermodel(randomize) -> None:
+    m = randomize(nn.Sequential(nn.Conv2d(3, 4, 3), BNAct(4)))
+    model = automtl.build(m, {"a": nn.Conv2d(4, 1, 1), "b": nn.Conv2d(4, 1, 1)}, input_shape=(3, 8, 8))
+    assert model.mtl_graph["1"].kind == "mtl_batch_norm"
+    out = model(torch.randn(2, 3, 8, 8), mode="warmup")
+    assert out["a"].shape == (2, 1, 6, 6)
+
+
+class LayerScale(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.gamma = nn.Parameter(torch.rand(4) + 0.5)
+        self.beta = nn.Parameter(torch.randn(4))
+        self.shared = nn.Parameter(torch.randn(4, 1, 1))
+        self.register_buffer("mean", torch.randn(1, 4, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x) * self.gamma.view(1, -1, 1, 1) + self.beta[:, None, None]
+        y = (y - self.mean) * self.shared  # one parameter read by two operators is counted once
+        return y + self.shared
+
+
+def test_parameters_read_directly_are_counted_once(assert_same) -> None:
+    m = LayerScale().eval()
+    g = compile_quietly(m, (4, 5, 5))
+    params = {n.name: (n.shape, n.params) for n in g if n.kind == "parameter"}
+    assert params == {"gamma": ((1, 4, 1, 1), 4), "beta": ((4, 1, 1), 4), "mean": ((1, 4, 1, 1), 0),
+                      "shared": ((4, 1, 1), 4)}
+    assert g.params == n_params(m)
+    assert_same(m, g, batch=3)
+
+
+class Layout(nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        a, b = x.chunk(2, 1)
+        c, d = torch.split(x, [1, 3], dim=1)
+        pieces = [t * 2 for t in x.split(2, 1)]  # a split is a real tuple: it can be looped over
+        nhwc = x.permute(0, 2, 3, 1).contiguous()
+        s = x.mean((2, 3), keepdim=True)
+        return (a + b, c * d[:, :1], torch.cat(pieces, 1), nhwc, x.transpose(2, 3), x[:, :, 1:-1, ::2],
+                x[..., None], s.expand(-1, -1, 6, 7) + x, s.squeeze(-1).unsqueeze(-1).expand_as(x))
+
+
+def test_split_chunk_permute_transpose_slicing_expand_are_typed(assert_same) -> None:
+    g = compile_quietly(Layout(), (4, 6, 7))
+    kinds = Counter(n.kind for n in g)
+    assert kinds["narrow"] == 7 and kinds["permute"] == 2 and kinds["slice"] == 1 and kinds["expand"] == 2
+    assert g["contiguous"].kind == "identity" and g["getitem_8"].kind == "reshape"
+    assert g["getitem_7"].attrs == {"dims": [2, 3], "starts": [1, 0], "ends": [5, 7], "steps": [1, 2]}
+    assert list(g.output_shapes().values()) == [
+        (1, 2, 6, 7), (1, 1, 6, 7), (1, 4, 6, 7), (1, 6, 7, 4), (1, 4, 7, 6), (1, 4, 4, 4), (1, 4, 6, 7, 1),
+        (1, 4, 6, 7), (1, 4, 6, 7)]
+    assert_same(Layout(), g, batch=3)
+
+
+class BatchSlice(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:1] * 2
+
+
+def test_slicing_the_batch_axis_stays_opaque_and_exact(assert_same) -> None:
+    with pytest.warns(OpaqueOperatorWarning, match="getitem"):
+        g = automtl.compile(BatchSlice(), input_shape=(2, 3, 3))
+    assert [n.kind for n in g] == ["input", "opaque", "mul"]
+    assert_same(BatchSlice(), g, batch=3)
+
+
+class Siamese(nn.Module):
+    """One conv and one batch norm applied to two inputs: their weights must stay one bank."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.relu = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.relu(self.bn(self.conv(x)))
+        b = self.relu(self.bn(self.conv(F.avg_pool2d(x, 3, 1, 1))))
+        return a + b
+
+
+def test_weighted_module_called_twice_is_one_tied_weight_bank(randomize, assert_same) -> None:
+    m = randomize(Siamese())
+    g = compile_quietly(m, (3, 6, 6))
+    assert [(n.name, n.kind) for n in g if n.name[:4] in ("conv", "bn", "bn_1", "relu")] == [
+        ("conv", "tied_module"), ("bn", "tied_module"), ("relu", "relu"), ("conv_1", "tied_module"),
+        ("bn_1", "tied_module"), ("relu_1", "relu")]
+    assert (g["conv"].attrs["tie"], g["conv_1"].attrs["tie"]) == (None, "conv")
+    assert g["conv"].params == n_params(m.conv) and g["conv_1"].params == 0
+    assert g.params == n_params(m)
+    gm = assert_same(m, g)
+    assert gm.conv is gm.conv_1 and gm.bn is gm.bn_1 and gm.conv is not m.conv  # one copy, its own
+    assert sum(p.numel() for p in gm.parameters()) == n_params(m)
+
+
+class DynamicShapes(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding="same", dilation=2)
+        self.valid = nn.Conv2d(3, 3, 3, padding="valid")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if y.shape[-1] > 6:  # control flow on a static size
+            y = F.max_pool2d(y, 2)
+        return F.interpolate(self.valid(y), size=x.shape[2:], mode="bilinear")
+
+
+@pytest.mark.parametrize("size,pooled", [(8, True), (6, False)])
+def test_control_flow_on_sizes_and_padding_strings(size: int, pooled: bool, assert_same) -> None:
+    m = DynamicShapes().eval()
+    g = compile_quietly(m, (3, size, size))
+    assert ("max_pool2d" in [n.kind for n in g]) is pooled
+    assert g["conv"].attrs["padding"] == (2, 2) and g["valid"].attrs["padding"] == (0, 0)
+    assert g["interpolate"].attrs["size"] == (size, size)
+    assert_same(m, g, batch=2)
+
+
+class UNetUp(nn.Module):
+    """Decoder code that compares shapes before resizing (``x.shape != skip.shape``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down, self.up = nn.Conv2d(3, 4, 3, 2, 1), nn.ConvTranspose2d(4, 3, 2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.up(self.down(x))
+        if y.shape != x.shape:
+            y = F.interpolate(y, size=x.shape[-2:], mode="nearest")
+        return torch.cat([x, y], 1)
+
+
+@pytest.mark.parametrize("size,resized", [(8, False), (7, True)])
+def test_shape_comparisons_trace(size: int, resized: bool, assert_same) -> None:
+    m = UNetUp().eval()
+    g = compile_quietly(m, (3, size, size))
+    assert ("interpolate" in g) is resized and g.output_shapes() == {"cat": (1, 6, size, size)}
+    assert_same(m, g, batch=3)

@@ -8,14 +8,15 @@ The module is traced with static shapes (:mod:`.fx_trace`), then each fx node be
 - any other parameter or buffer the code reads (a layer scale ``x * self.gamma.view(1, -1, 1, 1)``)
   becomes a ``parameter`` operator (its views folded in), so every parameter is counted once;
 - a module instance called at several places gets one operator per call (``relu``, ``relu_1``); a
-  module with weights or buffers called so becomes ``tied_module`` operators that all run the one
-  module (one weight bank, counted at its first call);
+  module with weights or buffers called so becomes ``tied_module`` operators that all run one copy
+  of it (one weight bank, its parameters counted at the first call; not searchable, always shared);
 - anything else stays an *opaque* operator that calls the original code (always shared, listed in
   one warning), so the compiled model still computes exactly what the source computes.
 """
 
 from __future__ import annotations
 
+import copy
 import operator
 import warnings
 from collections import Counter
@@ -123,6 +124,7 @@ class _Builder:
         # modules with weights or buffers called more than once: one weight bank for all their calls
         self.tied = {t for t, k in calls.items() if k > 1 and _has_state(gm.get_submodule(t))}
         self.first_call: dict[str, str] = {}
+        self.copies: dict[str, nn.Module] = {}
 
     def unique(self, preferred: str, node: fx.Node) -> str:
         """``preferred`` when free, else ``preferred_1``, ``preferred_2``... (never another fx node's name)."""
@@ -234,8 +236,10 @@ class _Builder:
         ok = not node.kwargs and all(isinstance(a, fx.Node) for a in node.args) and static_value(node) is not None
         if not ok:  # still one weight bank (the same module object), but its parameters are not counted
             return Node(name, "opaque", attrs={"target": mod}, source=src)
-        attrs = {"target": mod, "tie": self.first_call.get(target)}
-        self.first_call.setdefault(target, name)
+        if target not in self.first_call:  # the compiled model gets its own copy, as typed operators do
+            self.first_call[target], self.copies[target] = name, copy.deepcopy(mod)
+        tie = self.first_call[target]
+        attrs = {"target": self.copies[target], "tie": None if tie == name else tie}
         return Node(name, "tied_module", inputs=list(node.args), attrs=attrs, source=src)
 
 

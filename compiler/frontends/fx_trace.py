@@ -84,6 +84,7 @@ class Tracer(fx.Tracer):
         self.input_shapes = list(input_shapes) if input_shapes is not None else None
         self._placeholders = 0
         self._meta_state: dict[int, dict[str, torch.Tensor]] = {}
+        self._batch_size: fx.Proxy | None = None
         self.quiet = 0  # > 0 while replaying a call: module calls and attribute reads are not traced
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
@@ -125,9 +126,9 @@ class Tracer(fx.Tracer):
         node = proxy.node
         dims: list[Any] = list(node.meta[VALUE].shape)
         if node.meta.get(BATCHED) and dims:
-            if "automtl_batch_size" not in node.meta:
-                node.meta["automtl_batch_size"] = self.create_proxy("call_method", "size", (proxy, 0), {})
-            dims[0] = node.meta["automtl_batch_size"]
+            if self._batch_size is None:  # one proxy for all: `x.shape == y.shape` compares it by identity
+                self._batch_size = self.create_proxy("call_method", "size", (proxy, 0), {})
+            dims[0] = self._batch_size
         return tuple(dims)
 
     # --- replaying each call on meta tensors ------------------------------------------------------
