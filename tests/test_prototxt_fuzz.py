@@ -343,6 +343,14 @@ def test_a_long_string_in_an_ignored_field_parses_in_linear_memory() -> None:
         assert _peak(lambda text=text: parse(text, "hostile.prototxt")) < 8 * len(text)
 
 
+def test_a_whole_file_on_one_line_parses_in_memory_linear_in_its_size() -> None:
+    """Tokens are listed a block of lines at a time; a file of one long line is streamed instead."""
+    text = HEAD.replace("\n", " ") + 'layer { name: "r" type: "ReLU" bottom: "data" top: "data" } ' * 20_000
+    net, lines = parse(text, "hostile.prototxt")
+    assert len(net.layer) == 20_000 and lines["layer"][-1] == 1
+    assert _peak(lambda: parse(text, "hostile.prototxt")) < 2 * len(text)
+
+
 def test_control_characters_in_names_are_escaped_in_one_line_messages() -> None:
     msg = refusal(one_layer("ReLU", "", name="a\\nb\\x00", bottom="missing\\nblob"))
     assert msg == (

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from itertools import chain
 from typing import Any
 
@@ -132,13 +132,17 @@ def _scalar(kind: str, data: Any, tok: str) -> Any:
     raise _Fallback
 
 
-def _blocks(text: str) -> Iterator[list[str]]:
-    """The tokens of ``text``, one list per block of whole lines of about ``_CHUNK`` characters."""
+def _blocks(text: str) -> Iterator[Iterable[str]]:
+    """The tokens of ``text``, one list per block of whole lines of about ``_CHUNK`` characters
+    (a line much longer than that, a whole file on one line, is streamed token by token)."""
     start, n = 0, len(text)
     while start < n:
         end = text.find("\n", start + _CHUNK)
         end = n if end < 0 else end + 1
-        yield _TOKEN.findall(text, start, end)
+        if end - start > 4 * _CHUNK:
+            yield map(re.Match.group, _TOKEN.finditer(text, start, end))
+        else:
+            yield _TOKEN.findall(text, start, end)
         start = end
 
 
