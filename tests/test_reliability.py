@@ -456,3 +456,24 @@ def test_a_run_killed_while_writing_resumes_to_the_same_result(reference: Path, 
         assert "dropped a torn last line" in err, err
     assert_same_run(run, reference)
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
+
+
+def test_derive_and_resume_are_refused_while_another_process_holds_the_run(tmp_path: Path, capsys) -> None:
+    import fcntl
+
+    config, run = write_config(tmp_path, baselines="[]"), tmp_path / "run"
+    assert search(config, run) == 0
+    capsys.readouterr()
+    held = os.open(run / "automtl-run.lock", os.O_RDWR | os.O_CREAT)  # another open file: flock sees another holder
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.ftruncate(held, 0)
+    os.write(held, f"{os.getpid()}\n".encode())
+    try:
+        fails(capsys, ["derive", str(run), "--out", str(tmp_path / "a.json")],
+              f"{run}: in use by another automtl process (pid {os.getpid()}")
+        fails(capsys, ["search", str(config), "--out", str(run), "--quiet", "--resume"],
+              f"{run}: in use by another automtl process (pid {os.getpid()}")
+    finally:
+        os.close(held)
+    assert not (tmp_path / "a.json").exists()
+    assert main(["derive", str(run), "--out", str(tmp_path / "a.json")]) == 0 and (tmp_path / "a.json").is_file()
