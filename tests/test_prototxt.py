@@ -1047,6 +1047,8 @@ def test_from_prototxt_reads_paths_and_text(tmp_path: Path) -> None:
     assert from_prototxt(net(layer("r", "ReLU", "data", "r")))["r"].source.file == "<string>"
     with pytest.raises(CompileError, match="no such file"):
         from_prototxt(tmp_path / "missing.prototxt")
+    path.write_text("\ufeff" + net(layer("r", "ReLU", "data", "r")), encoding="utf-8")  # a byte-order mark
+    assert from_prototxt(path).outputs == ["r"]
 
 
 # ----------------------------------------------------------------------------- zoo and speed

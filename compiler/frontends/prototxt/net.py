@@ -270,6 +270,8 @@ def from_text(
     """
     if dialect not in DIALECTS:
         raise CompileError(f"unknown dialect {dialect!r}; use one of {', '.join(DIALECTS)}")
+    if text.startswith("\ufeff"):  # a byte-order mark some editors write first
+        text = text[1:]
     net, lines = parse(text, file)
     layers = _layers(net, lines, file)
     state = net.state if net.HasField("state") else caffe_pb2.NetState()
