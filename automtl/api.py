@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +22,18 @@ def compile(  # noqa: A001 - the product's verb
     leaf_modules: Iterable[type[nn.Module] | str] = (),
     wrap_functions: Iterable[Callable[..., Any]] = (),
     dialect: str = "auto",
+    weights_as_inputs: Mapping[str, Any] | None = None,
 ) -> Graph:
     """Compile a backbone into the IR, with shapes, parameters and FLOPs for every operator.
 
     ``backbone`` is an ``nn.Module`` (traced with torch.fx), a ``.prototxt`` path, an ``.onnx``
     path or a zoo name (``automtl.backbones.names()``). ``input_shape`` is ``(C, H, W)`` or
     ``(N, C, H, W)``; files that declare their input shape may omit it, zoo names default to
-    the zoo's shape.
+    the zoo's shape. ``weights_as_inputs`` gives the values of ONNX graph inputs that carry
+    weights (models exported with their parameters as inputs), by input name.
     """
+    if weights_as_inputs is not None and not str(backbone).lower().endswith(".onnx"):
+        raise CompileError("weights_as_inputs is read for .onnx files only", hint="drop it for this backbone")
     if isinstance(backbone, nn.Module):
         from .compiler.frontends.fx import from_module
 
@@ -49,7 +53,7 @@ def compile(  # noqa: A001 - the product's verb
         from .compiler.frontends.onnx import from_onnx
 
         _exists(path)
-        return from_onnx(path, input_shape=input_shape)
+        return from_onnx(path, input_shape=input_shape, weights_as_inputs=weights_as_inputs)
     from . import backbones
 
     if str(backbone) not in backbones.names():

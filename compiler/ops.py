@@ -977,3 +977,4 @@ def to_dtype(x: torch.Tensor, dtype: str) -> torch.Tensor:
 
 register(OpKind("cast", _same, flops=lambda n, s, o: numel(o), function=to_dtype,
                 kwargs=lambda n: {"dtype": n.attrs["dtype"]}))
+_unary("rsqrt", torch.rsqrt)  # 1 / sqrt(x): the inverse standard deviation a LayerNormalization may output

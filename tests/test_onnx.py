@@ -2,124 +2,22 @@
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
+import onnx
 import pytest
 import torch
 import torch.nn.functional as F
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper
+from onnx_util import assert_matches_ort, calibrate, kinds, make_model, one_thread, run_ort, torch_export, w  # noqa: F401 - one_thread: autouse fixture
 from torch import nn
 
-from automtl import backbones  # noqa: E402
-from automtl.app.export import ExportCheckError, check_onnx, export_onnx  # noqa: E402
-from automtl.compiler.codegen import codegen  # noqa: E402
-from automtl.compiler.errors import CompileError  # noqa: E402
-from automtl.compiler.frontends.fx import from_module  # noqa: E402
-from automtl.compiler.frontends.onnx import MAX_OPSET, from_onnx  # noqa: E402
-from automtl.compiler.ir import Graph  # noqa: E402
-
-RNG = np.random.default_rng(0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models: one thread is as fast and does not suffer when the machine is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-# --- helpers -----------------------------------------------------------------------------------
-def _ir_version(opset: int) -> int:
-    return min(ir for _, ir, op, *_ in helper.VERSION_TABLE if op >= opset)
-
-
-def make_model(
-    nodes: list,
-    inputs: dict[str, Sequence],
-    outputs: Sequence[str],
-    inits: dict[str, np.ndarray] | None = None,
-    opset: int = 17,
-) -> onnx.ModelProto:
-    """A one-graph ONNX model from nodes, input shapes (None/str for symbolic dims) and initializers."""
-    graph = helper.make_graph(
-        nodes, "test",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s)) for n, s in inputs.items()],
-        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
-        [numpy_helper.from_array(np.asarray(v), n) for n, v in (inits or {}).items()],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = _ir_version(opset)
-    return model
-
-
-def w(*shape: int) -> np.ndarray:
-    return RNG.standard_normal(shape).astype(np.float32)
-
-
-def run_ort(model: onnx.ModelProto | str | Path, *xs: np.ndarray) -> list[np.ndarray]:
-    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(src, options, providers=["CPUExecutionProvider"])
-    return session.run(None, {i.name: x for i, x in zip(session.get_inputs(), xs, strict=True)})
-
-
-def run_ir(graph: Graph, *xs: np.ndarray) -> list[np.ndarray]:
-    gm = codegen(graph).eval()
-    with torch.no_grad():
-        out = gm(*(torch.from_numpy(x) for x in xs))
-    return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
-
-
-def assert_matches_ort(model: onnx.ModelProto, *shapes: Sequence[int], atol: float = 1e-5) -> Graph:
-    """from_onnx + codegen computes what onnxruntime computes on the same model."""
-    xs = [RNG.standard_normal(s).astype(np.float32) for s in shapes]
-    graph = from_onnx(model)
-    want, got = run_ort(model, *xs), run_ir(graph, *xs)
-    assert len(want) == len(got)
-    for a, b in zip(want, got, strict=True):
-        assert a.shape == b.shape
-        np.testing.assert_allclose(b, a, atol=atol, rtol=0)
-    return graph
-
-
-def kinds(graph: Graph) -> list[str]:
-    return [n.kind for n in graph if n.kind != "input"]
-
-
-def calibrate(model: nn.Module, shape: Sequence[int], seed: int = 0) -> nn.Module:
-    """Eval-mode model with non-trivial BN: random affine parameters, statistics from random data."""
-    torch.manual_seed(seed)
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    with torch.no_grad():
-        for m in bns:
-            m.weight.uniform_(0.3, 0.8)
-            m.bias.normal_(0.0, 0.1)
-            m.momentum = 1.0  # running stats := this batch's
-        model.train()(torch.randn(8, *shape))
-        for m in bns:
-            m.momentum = 0.1
-    return model.eval()
-
-
-def torch_export(model: nn.Module, x: torch.Tensor, path: Path, dynamo: bool = False, **kwargs) -> Path:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if dynamo:
-            torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["x"], verbose=False,
-                              dynamic_shapes=({0: torch.export.Dim("N")},), **kwargs)
-        else:
-            torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["x"],
-                              dynamic_axes={"x": {0: "N"}}, **kwargs)
-    return path
-
+from automtl import backbones
+from automtl.compiler.codegen import codegen
+from automtl.compiler.errors import CompileError
+from automtl.compiler.frontends.fx import from_module
+from automtl.compiler.frontends.onnx import from_onnx, max_opset
 
 # --- zoo round trips ---------------------------------------------------------------------------
 ZOO = backbones.names()
@@ -447,7 +345,7 @@ def test_reduce_mean_opset18_axes_input() -> None:
 def test_newest_supported_opset() -> None:
     node = helper.make_node
     model = make_model([node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]), node("Relu", ["c"], ["y"])],
-                       {"x": (1, 3, 6, 6)}, ["y"], {"W": w(4, 3, 3, 3)}, opset=MAX_OPSET)
+                       {"x": (1, 3, 6, 6)}, ["y"], {"W": w(4, 3, 3, 3)}, opset=max_opset())
     assert kinds(from_onnx(model)) == ["conv2d", "relu"]
 
 
@@ -466,114 +364,149 @@ def test_initializers_listed_as_inputs() -> None:
     assert graph.inputs == ["x"] and kinds(graph) == ["conv2d"]
 
 
-# --- errors --------------------------------------------------------------------------------------
-def test_not_an_onnx_file(tmp_path: Path) -> None:
-    bad = tmp_path / "garbage.onnx"
-    bad.write_bytes(b"\x08\xff\xff\xff\xff\xff not a protobuf at all \x00\x17")
-    with pytest.raises(CompileError, match=r"garbage.onnx: not an ONNX model"):
-        from_onnx(bad)
-    text = tmp_path / "net.onnx"
-    text.write_text('name: "LeNet"\nlayer { name: "conv1" type: "Convolution" }\n')
-    with pytest.raises(CompileError, match=r"net.onnx: not an ONNX model"):
-        from_onnx(text)
-    import automtl
+# --- layout and normalisation operators against onnxruntime --------------------------------------
+def _layout_cases() -> list:
+    node = helper.make_node
+    i64 = np.int64
+    return [
+        pytest.param([node("Split", ["x"], ["a", "b"], axis=1, split=[1, 3])], {}, 11, ["narrow"] * 2,
+                     id="split-attr-opset11"),
+        pytest.param([node("Split", ["x", "s"], ["a", "b", "c"], axis=1)], {"s": np.array([2, 1, 1], i64)}, 13,
+                     ["narrow"] * 3, id="split-input"),
+        pytest.param([node("Split", ["x"], ["a", "b", "c"], axis=-1, num_outputs=3)], {}, 18, ["narrow"] * 3,
+                     id="split-uneven-num-outputs"),
+        pytest.param([node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]), node("Relu", ["t"], ["r"]),
+                      node("Transpose", ["r"], ["y"], perm=[0, 3, 1, 2])], {}, 17, ["permute", "relu", "permute"],
+                     id="transpose-channels-last"),
+        pytest.param([node("Gather", ["x", "i"], ["y"], axis=1)], {"i": np.array(2, i64)}, 13, ["index_select"],
+                     id="gather-scalar"),
+        pytest.param([node("Gather", ["x", "i"], ["y"], axis=3)], {"i": np.array([[4, 0], [-1, 2]], i64)}, 13,
+                     ["index_select"], id="gather-2d-negative"),
+        pytest.param([node("Gather", ["x", "i"], ["y"], axis=2)], {"i": np.array([1, 2], i64)}, 13, ["narrow"],
+                     id="gather-range"),
+        pytest.param([node("ReduceMean", ["x"], ["m"], axes=[1], keepdims=1), node("Expand", ["m", "s"], ["y"])],
+                     {"s": np.array([1, 4, 1, 5], i64)}, 13, ["mean", "expand"], id="expand"),
+        pytest.param([node("LayerNormalization", ["x", "g", "b"], ["y"], epsilon=1e-3)],
+                     {"g": w(5), "b": w(5)}, 17, ["layer_norm"], id="layer-norm-last"),
+        pytest.param([node("LayerNormalization", ["x", "g"], ["y"], axis=1)], {"g": w(4, 3, 5)}, 17,
+                     ["layer_norm"], id="layer-norm-axis1-no-bias"),
+        pytest.param([node("InstanceNormalization", ["x", "g", "b"], ["y"], epsilon=1e-4)],
+                     {"g": w(4), "b": w(4)}, 17, ["instance_norm"], id="instance-norm"),
+        pytest.param([node("GroupNormalization", ["x", "g", "b"], ["y"], num_groups=2)],
+                     {"g": w(4), "b": w(4)}, 21, ["group_norm"], id="group-norm-21"),
+    ]
 
-    with pytest.raises(CompileError, match="not an ONNX model"):
-        automtl.compile(bad)
+
+@pytest.mark.parametrize(("nodes", "inits", "opset", "want"), _layout_cases())
+def test_layout_and_norm_ops(nodes: list, inits: dict, opset: int, want: list) -> None:
+    outputs = [o for o in nodes[-1].output]
+    model = make_model(nodes, {"x": (2, 4, 3, 5)}, outputs, inits, opset=opset)
+    graph = assert_matches_ort(model, (2, 4, 3, 5))
+    assert kinds(graph) == want
 
 
-def test_opset_too_new() -> None:
-    model = make_model([helper.make_node("Relu", ["x"], ["y"])], {"x": (1, 3)}, ["y"])
-    model.opset_import[0].version = MAX_OPSET + 5
-    msg = rf"opset {MAX_OPSET + 5} is newer than the newest supported \({MAX_OPSET}\)"
+def test_group_norm_18_is_refused_by_the_checker() -> None:
+    """Version 18 (one scale per group) is deprecated: the checker refuses it, naming the node."""
+    node = helper.make_node("GroupNormalization", ["x", "g", "b"], ["y"], num_groups=2)
+    model = make_model([node], {"x": (2, 4, 3, 5)}, ["y"], {"g": w(2), "b": w(2)}, opset=18)
+    msg = r"GroupNormalization '#0': the ONNX checker rejects the model: .*deprecated"
     with pytest.raises(CompileError, match=msg):
         from_onnx(model)
 
 
-def test_symbolic_spatial_dims_need_input_shape() -> None:
-    model = make_model([helper.make_node("Relu", ["x"], ["y"])], {"x": ("N", 3, "H", "W")}, ["y"])
-    msg = r"input 'x' has symbolic dimension\(s\) H \(axis 2\), W \(axis 3\).*input_shape"
-    with pytest.raises(CompileError, match=msg):
-        from_onnx(model)
-    assert from_onnx(model, input_shape=(3, 8, 9))["x"].shape == (1, 3, 8, 9)
-    with pytest.raises(CompileError, match="is Nx3xHxW in the model but input_shape gives"):
-        from_onnx(model, input_shape=(4, 8, 9))
-
-
-def test_missing_and_computed_weights() -> None:
-    conv = helper.make_node("Conv", ["x", "W"], ["y"], name="conv1")
-    with pytest.raises(CompileError, match=r"Conv 'conv1': input 'W' is not a graph input, an initializer"):
-        from_onnx(make_model([conv], {"x": (1, 3, 4, 4)}, ["y"]))
-    with pytest.raises(CompileError, match=r"Conv 'conv1': weight 'W' is computed at run time"):
-        from_onnx(make_model([conv], {"x": (1, 3, 4, 4), "W": (2, 3, 1, 1)}, ["y"]))
-
-
-def test_unsupported_operator_names_node_and_opset() -> None:
-    nodes = [helper.make_node("Relu", ["x"], ["r"]),
-             helper.make_node("Einsum", ["r", "r"], ["y"], equation="ij,ij->i")]
-    with pytest.raises(CompileError, match=r"Einsum '#1': unsupported ONNX operator Einsum \(opset 17\)"):
-        from_onnx(make_model(nodes, {"x": (2, 3)}, ["y"]))
-
-
-# --- export --------------------------------------------------------------------------------------
-class TwoHeads(nn.Module):
-    """One shared conv feeding two task heads."""
-
-    task_names = ("seg", "cls")
+class ConvNeXtMix(nn.Module):
+    """What the exporter writes for ConvNeXt / MixNet / Res2Net blocks: permute + LayerNorm + layer
+    scale, channel splits into differently sized convolutions, x[:, i] and expand_as, group/instance norm."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.bn = nn.BatchNorm2d(8)
-        self.head = nn.Conv2d(8, 2, 1)
-        self.fc = nn.Linear(8, 4)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 7, padding=3, groups=8)
+        self.norm = nn.LayerNorm(8, eps=1e-6)
+        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 8)
+        self.gamma = nn.Parameter(torch.full((8,), 0.5))
+        self.mix = nn.ModuleList([nn.Conv2d(2, 2, 3, padding=1), nn.Conv2d(2, 2, 5, padding=2),
+                                  nn.Conv2d(4, 4, 1)])
+        self.gn, self.inorm = nn.GroupNorm(4, 8), nn.InstanceNorm2d(8, affine=True)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y = self.bn(self.conv(x))
-        seg = self.head(F.relu(y))
-        cls = self.fc(torch.flatten(F.adaptive_avg_pool2d(F.relu6(y), 1), 1))
-        return seg, cls
-
-
-def test_export_codegen_graph_module(tmp_path: Path) -> None:
-    import automtl
-
-    source = calibrate(TwoHeads(), (3, 16, 16))
-    graph = automtl.compile(source, (3, 16, 16))
-    gm = codegen(graph).eval()
-    path = tmp_path / "two.onnx"
-    proto = export_onnx(gm, path, (3, 16, 16), output_names=["seg", "cls"])
-    onnx.checker.check_model(proto)
-    assert [o.name for o in proto.graph.output] == ["seg", "cls"]
-    assert sum(n.op_type == "Conv" for n in proto.graph.node) == kinds(graph).count("conv2d") == 2
-    for batch in (1, 3):
-        x = torch.randn(batch, 3, 16, 16)
-        diffs = check_onnx(path, gm, x)
-        assert set(diffs) == {"seg", "cls"} and max(diffs.values()) <= 1e-4
-        seg, cls = run_ort(path, x.numpy())
-        assert seg.shape == (batch, 2, 16, 16) and cls.shape == (batch, 4)
-    # the exported file reads back into the same IR shape
-    back = from_onnx(path, input_shape=(3, 16, 16))
-    assert [back[o].shape for o in back.outputs] == [(1, 2, 16, 16), (1, 4)]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = self.fc2(F.gelu(self.fc1(self.norm(y)))) * self.gamma
+        x = x + y.permute(0, 3, 1, 2)
+        x = torch.cat([m(c) for m, c in zip(self.mix, torch.split(x, [2, 2, 4], dim=1), strict=True)], dim=1)
+        gate = torch.sigmoid(x[:, 3]).unsqueeze(1).expand_as(x)
+        return self.inorm(self.gn(x * gate))
 
 
-def test_export_names_from_task_names_and_default(tmp_path: Path) -> None:
-    model = TwoHeads().eval()
-    proto = export_onnx(model, tmp_path / "a.onnx", (3, 8, 8), dynamic_batch=False, opset=17)
-    assert [o.name for o in proto.graph.output] == ["seg", "cls"]
-    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
-    plain = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU())
-    proto = export_onnx(plain, tmp_path / "b.onnx", (2, 3, 8, 8))
-    assert [o.name for o in proto.graph.output] == ["output_0"]
-    with pytest.raises(ValueError, match="returns 1 outputs but 2 names"):
-        export_onnx(plain, tmp_path / "c.onnx", (3, 8, 8), output_names=["a", "b"])
-
-
-def test_check_onnx_names_the_differing_output(tmp_path: Path) -> None:
-    model = TwoHeads().eval()
-    path = tmp_path / "m.onnx"
-    export_onnx(model, path, (3, 8, 8))
+def test_convnext_mixnet_export(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = ConvNeXtMix().eval()
     with torch.no_grad():
-        model.fc.bias.add_(1.0)  # the PyTorch side no longer matches the file
-    with pytest.raises(ExportCheckError, match=r"output 'cls' differs from PyTorch by up to 1"):
-        check_onnx(path, model, torch.randn(2, 3, 8, 8))
+        for m in (model.gn, model.inorm, model.norm):
+            m.weight.uniform_(0.5, 1.5)
+            m.bias.normal_()
+    x = torch.randn(2, 3, 12, 12)
+    path = torch_export(model, x, tmp_path / "mix.onnx", opset_version=20)
+    graph = from_onnx(path)
+    ks = kinds(graph)
+    # the exporter writes GroupNorm as Reshape -> InstanceNormalization -> Reshape -> Mul -> Add
+    assert {"permute", "layer_norm", "gelu", "index_select", "expand"} <= set(ks)
+    assert ks.count("narrow") == 3 and ks.count("instance_norm") == 2
+    with torch.no_grad():
+        want = model(x)
+        got = codegen(graph).eval()(x)
+    assert (got - want).abs().max().item() <= 1e-4
+    (ort_out,) = run_ort(path, x.numpy())
+    assert np.abs(ort_out - got.numpy()).max() <= 1e-4
+
+
+# --- fixed bugs ----------------------------------------------------------------------------------
+def test_clip_without_bounds_is_the_identity() -> None:
+    model = make_model([helper.make_node("Clip", ["x"], ["y"])], {"x": (2, 3)}, ["y"], opset=13)
+    assert kinds(assert_matches_ort(model, (2, 3))) == []
+
+
+@pytest.mark.parametrize("nearest_mode", ["floor", "ceil"])
+def test_resize_half_pixel_integer_upscale_honours_nearest_mode(nearest_mode: str) -> None:
+    """floor / ceil rounding of half-pixel coordinates is not torch's nearest, even at integer upscales."""
+    resize = helper.make_node("Resize", ["x", "", "sc"], ["y"], mode="nearest", nearest_mode=nearest_mode,
+                              name="up")
+    model = make_model([resize], {"x": (1, 2, 4, 4)}, ["y"], {"sc": np.array([1, 1, 2, 3], np.float32)})
+    with pytest.raises(CompileError, match=rf"Resize 'up': nearest resize .*nearest_mode='{nearest_mode}'"):
+        from_onnx(model)
+    model.graph.node[0].attribute[-1].s = b"round_prefer_floor"
+    assert kinds(assert_matches_ort(model, (1, 2, 4, 4))) == ["interpolate"]
+
+
+@pytest.mark.parametrize(("mode", "width"), [("linear", 9), ("nearest", 12)])
+def test_resize_pytorch_half_pixel_to_length_one_samples_the_start(mode: str, width: int) -> None:
+    resize = helper.make_node("Resize", ["x", "", "", "sz"], ["y"], mode=mode,
+                              coordinate_transformation_mode="pytorch_half_pixel")
+    model = make_model([resize], {"x": (2, 3, 4, 6)}, ["y"], {"sz": np.array([2, 3, 1, width], np.int64)})
+    assert kinds(assert_matches_ort(model, (2, 3, 4, 6))) == ["narrow", "interpolate"]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "np_dtype", "op"),
+    [(TensorProto.DOUBLE, np.float64, "Cast"), (TensorProto.FLOAT16, np.float16, "Cast"),
+     (TensorProto.DOUBLE, np.float64, "CastLike")],
+)
+def test_cast_to_float_gives_float32(dtype: int, np_dtype: type, op: str) -> None:
+    if op == "Cast":
+        nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Cast", ["r"], ["y"], to=TensorProto.FLOAT)]
+        inits = {}
+    else:
+        nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("CastLike", ["r", "like"], ["y"])]
+        inits = {"like": np.zeros(1, np.float32)}
+    model = make_model(nodes, {"x": (2, 3)}, ["y"], inits, dtype=dtype)
+    graph = assert_matches_ort(model, (2, 3), dtype=np_dtype)  # values and float32 type as onnxruntime
+    assert kinds(graph) == ["relu", "cast"]
+
+
+def test_weights_refused_on_non_float32_tensors() -> None:
+    conv = helper.make_node("Conv", ["x", "W"], ["y"], name="conv1")
+    model = make_model([conv], {"x": (1, 3, 4, 4)}, ["y"], {"W": w(2, 3, 1, 1).astype(np.float64)},
+                       dtype=TensorProto.DOUBLE, out_dtype=TensorProto.DOUBLE)
+    with pytest.raises(CompileError, match=r"Conv 'conv1': Conv on a float64 tensor is not supported"):
+        from_onnx(model)
