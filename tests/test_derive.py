@@ -455,13 +455,17 @@ def test_untraceable_head_stays_one_call(tmp_path: Path) -> None:
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
 
 
+class LeafGroupNorm(nn.GroupNorm):
+    """Not a registry module: kept as a leaf (``leaf_modules=``), it stays one opaque call."""
+
+
 class WithGroupNorm(nn.Module):
-    """A trunk operator outside the registry (GroupNorm): opaque, so always shared."""
+    """A trunk operator outside the registry (a GroupNorm kept as a leaf): opaque, so always shared."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.gn = nn.GroupNorm(2, 8)
+        self.gn = LeafGroupNorm(2, 8)
         self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -472,7 +476,8 @@ def test_opaque_trunk_operator_keeps_one_module(tmp_path: Path) -> None:
     """Copies of an opaque operator on diverged values still share its one set of weights."""
     torch.manual_seed(0)
     with pytest.warns(UserWarning, match="opaque"):
-        model = perturb(build(WithGroupNorm(), {"a": nn.Identity(), "b": nn.Identity()}, input_shape=(3, 8, 8)))
+        model = perturb(build(WithGroupNorm(), {"a": nn.Identity(), "b": nn.Identity()}, input_shape=(3, 8, 8),
+                              leaf_modules=[LeafGroupNorm]))
     arch = model.uniform_architecture("specific")
     derived = model.derive(arch)
     assert [n.kind for n in derived.graph if n.attrs.get("derived", {}).get("source") == "gn"] == ["opaque", "opaque"]

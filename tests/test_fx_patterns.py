@@ -299,3 +299,15 @@ def test_shape_comparisons_trace(size: int, resized: bool, assert_same) -> None:
     g = compile_quietly(m, (3, size, size))
     assert ("interpolate" in g) is resized and g.output_shapes() == {"cat": (1, 6, size, size)}
     assert_same(m, g, batch=3)
+
+
+def test_instance_norm_and_channel_shuffle_modules(assert_same) -> None:
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.InstanceNorm2d(4, affine=True), nn.ChannelShuffle(2),
+                      nn.InstanceNorm2d(4)).eval()
+    with torch.no_grad():
+        m[1].weight.uniform_(0.5, 1.5)
+        m[1].bias.uniform_(-1, 1)
+    g = compile_quietly(m, (3, 7, 7))
+    assert [n.kind for n in g] == ["input", "conv2d", "instance_norm", "channel_shuffle", "instance_norm"]
+    assert g["1"].params == 8 and g["3"].params == 0 and g.params == n_params(m)
+    assert_same(m, g, batch=3)

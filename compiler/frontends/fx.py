@@ -205,7 +205,7 @@ class _Builder:
         name = self.unique(str(node.target), node)
         if not isinstance(value, torch.Tensor):
             return Node(name, "opaque", attrs={"target": _Constant(value)}, source=src)
-        learnable = isinstance(value, nn.Parameter) and value.requires_grad
+        learnable = isinstance(value, nn.Parameter)  # counted as the source counts it, frozen or not
         attrs = {"shape": tuple(value.shape), "view": tuple(value.shape), "learnable": learnable,
                  "dtype": value.dtype}
         src = Source(file=src.file, layer=str(node.target), layer_type="Parameter" if learnable else "buffer")
