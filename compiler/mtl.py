@@ -53,7 +53,7 @@ class MTLOptions:
     """Options of the rewrite; they are part of an architecture's identity."""
 
     searchable: tuple[str, ...] = ("conv2d",)
-    bn: str = "specific"
+    bn: str = "follow"
     skip: bool = True
     choice: str = "branches"  # the choice kind searchable operators become (automtl.model.choices)
 

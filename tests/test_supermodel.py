@@ -180,7 +180,7 @@ def test_architecture_for_other_tasks_or_options() -> None:
     with pytest.raises(ValueError, match=r"tasks \['seg', 'edges'\]"):
         model.architecture_tensor(_tiny(("seg", "edges")).architecture())
     with pytest.raises(ValueError, match="options"):
-        model.architecture_tensor(_tiny(bn="follow").architecture())
+        model.architecture_tensor(_tiny(bn="specific").architecture())
 
 
 def test_architecture_with_an_unknown_branch_names_node_and_task() -> None:

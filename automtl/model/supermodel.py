@@ -244,7 +244,7 @@ def build(
     input_shape: Any = None,
     trunk_output: str | None = None,
     searchable: tuple[str, ...] | list[str] = ("conv2d",),
-    bn: str = "specific",
+    bn: str = "follow",
     skip: bool = True,
     choice: str = "branches",
     batching: str = "dense",
