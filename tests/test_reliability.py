@@ -140,6 +140,31 @@ def test_a_missing_or_misplaced_checkpoint_never_restarts_from_step_zero(referen
     assert_same_run(run, reference)
 
 
+def test_a_checkpoint_that_does_not_read_back_never_replaces_the_good_one(reference: Path, tmp_path: Path, capsys,
+                                                                          monkeypatch) -> None:
+    real, calls = torch.save, []
+
+    def save(obj, f, *args, **kwargs):  # the checkpoint after 4 steps comes out unreadable (a bad disk, say)
+        calls.append(1)
+        if len(calls) != 2:
+            return real(obj, f, *args, **kwargs)
+        if hasattr(f, "write"):
+            f.write(b"not a checkpoint")
+        else:
+            Path(f).write_bytes(b"not a checkpoint")
+
+    monkeypatch.setattr(torch, "save", save)
+    config, run = write_config(tmp_path, baselines="[]"), tmp_path / "run"
+    fails(capsys, ["search", str(config), "--out", str(run), "--quiet"],
+          f"{run / 'checkpoint.pt'}: the file just written does not read back", "the previous one is kept")
+    m = meta(run)
+    assert m["status"] == "failed" and [c["steps"] for c in m["checkpoints"]] == [2]
+    assert snapshot(run)["checkpoint.pt"] == m["checkpoints"][0]["sha256"]
+    monkeypatch.undo()
+    assert search(config, run, "--resume") == 0
+    assert_same_run(run, reference)
+
+
 # --- records ------------------------------------------------------------------------------------------------
 
 

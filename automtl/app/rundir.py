@@ -25,6 +25,7 @@ import torch
 from .. import __version__
 from .config import RunConfig, dump_config, load_config
 from .integrity import (
+    TMP_PREFIX,
     DirLock,
     FileRecord,
     RunError,
@@ -217,8 +218,9 @@ class RunDir:
             raise RunError(f"{file}: damaged: its content is none of the checkpoints the run wrote (the last after "
                            f"{records[0]['steps']} steps); resuming from it would continue another model; "
                            + self._checkpoint_remedy(file))
-        if saved:
-            raise RunError(f"{self.path}: no {CHECKPOINT}, though the run saved one after {saved[0]['steps']} steps; "
+        steps = saved[0]["steps"] if saved else int(self.meta().get("steps") or 0)  # a run before records: its steps
+        if saved or steps:
+            raise RunError(f"{self.path}: no {CHECKPOINT}, though the run saved one after {steps} steps; "
                            "resuming now would silently start again from step 0; " + self._checkpoint_remedy(file))
         return None
 
@@ -236,7 +238,7 @@ class RunDir:
         """Refuse, changing nothing, a directory that a new run cannot use."""
         if self.path.exists() and not self.path.is_dir():
             raise RunError(f"{self.path}: exists and is not a directory; choose another --out")
-        if self.path.is_dir() and any(self.path.iterdir()):
+        if self.path.is_dir() and self._holds_files():
             holder = DirLock.holder(self / LOCK)
             if holder is not None:
                 raise RunError(f"{self.path}: in use by another automtl process ({holder}, see {LOCK}); "
@@ -244,6 +246,10 @@ class RunDir:
             what = "a run" if (self / META).is_file() else "files"
             raise RunError(f"{self.path}: already holds {what}; nothing was changed. Pass --resume to continue a "
                            "stopped run there, or choose another --out")
+
+    def _holds_files(self) -> bool:
+        """Whether the directory holds anything but a lock file and temporaries (what a killed creation leaves)."""
+        return any(p.name != LOCK and not p.name.startswith(TMP_PREFIX) for p in self.path.iterdir())
 
     def create(self, cfg: RunConfig, command: str) -> None:
         """Start a new run here and hold its lock: the folder is made (or an empty one is claimed) by
@@ -259,11 +265,12 @@ class RunDir:
         except RunError:
             self._remove_made()
             raise
-        self._new = True
-        if any(p.name != LOCK for p in self.path.iterdir()):  # another process made a run here first
+        if self._holds_files():  # another process made a run here first
             self.lock.release(remove=self.lock.created)
             self.lock = None
             self.check_free()
+        self._new = True
+        clean_temporaries(self.path)
         try:
             self.write_meta(status="running", command=command, pid=os.getpid())
             with StagedFile(self / "config.yaml") as staged:

@@ -118,8 +118,8 @@ def run_search(cfg: RunConfig, out: str | os.PathLike[str], *, resume: bool = Fa
     try:
         searched = _load_search(run, cfg, world, strict=False) if plan["searched"] else None
         if searched is None:
-            searched = _search(cfg, run, model, tasks, data, plan["checkpoint"], quiet, stop_after, progress, talk,
-                               warn, rank, world)
+            searched = _search(cfg, run, model, tasks, data, plan["checkpoint"], resume, quiet, stop_after,
+                               _Voices(progress, talk, warn), rank, world)
             if searched is None:
                 return None
         else:
@@ -152,15 +152,27 @@ def _claim(run: RunDir, cfg: RunConfig, command: str, resume: bool) -> dict[str,
     return {"checkpoint": None if checkpoint is None else str(checkpoint), "searched": searched}
 
 
+@dataclass
+class _Voices:
+    """Where process 0 prints: progress lines (silent with ``quiet``), results, and notes on repairs."""
+
+    progress: Callable[..., None]
+    talk: Callable[..., None]
+    warn: Callable[[str], None]
+
+
 def _search(cfg: RunConfig, run: RunDir, model: Any, tasks: Mapping[str, Task], data: Any, checkpoint: str | None,
-            quiet: bool, stop_after: int | None, progress: Any, talk: Any, warn: Callable[[str], None], rank: int,
+            resume: bool, quiet: bool, stop_after: int | None, voices: _Voices, rank: int,
             world: int) -> Searched | None:
     """Warm-up, search, derive and fine-tune (from ``checkpoint`` when given); save what the report needs."""
+    progress, talk, warn = voices.progress, voices.talk, voices.warn
     search_cfg = replace(cfg.search, quiet=quiet or rank != 0)
     if checkpoint is not None:
         searcher = Searcher.resume(checkpoint, model, tasks, data, search_cfg)
         progress(f"resuming {run.path} after {searcher.steps_done()} steps")
     else:
+        if resume:
+            warn(f"{run.path}: no checkpoint was saved before it stopped; the search starts again from step 0")
         searcher = Searcher(model, tasks, data, search_cfg)
     _guard_checkpoints(searcher, run, rank)
     writer = None
