@@ -311,3 +311,43 @@ def test_instance_norm_and_channel_shuffle_modules(assert_same) -> None:
     assert [n.kind for n in g] == ["input", "conv2d", "instance_norm", "channel_shuffle", "instance_norm"]
     assert g["1"].params == 8 and g["3"].params == 0 and g.params == n_params(m)
     assert_same(m, g, batch=3)
+
+
+class LegacySE(nn.Module):
+    """Squeeze-excitation as older code writes it: ``view(b, c)``, linear layers, ``expand_as``."""
+
+    def __init__(self, c: int = 8) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Sequential(nn.Linear(c, c // 4, bias=False), nn.ReLU(inplace=True), nn.Linear(c // 4, c),
+                                nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, _, _ = x.size()
+        y = self.fc(self.pool(x).view(b, c)).view(b, c, 1, 1)
+        return x * y.expand_as(x) + F.relu6(x + 3.0).div_(6.0) + x.clamp_min(0.0)
+
+
+class SpaceToDepth(nn.Module):
+    """Per-channel input normalisation by integer indexing, then a strided-slice space-to-depth."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(12, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([torch.unsqueeze(x[:, i], 1) * (0.229 + i / 100) + 0.1 * i for i in range(3)], 1)
+        return self.conv(torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]], 1))
+
+
+@pytest.mark.parametrize("cls,channels,expected", [
+    (LegacySE, 8, {"reshape": 2, "expand": 1, "div": 1, "clip": 1}),
+    (SpaceToDepth, 3, {"index_select": 3, "reshape": 3, "slice": 4}),
+], ids=["legacy_se", "space_to_depth"])
+def test_more_spellings_are_typed(cls: type[nn.Module], channels: int, expected: dict[str, int], assert_same) -> None:
+    m = cls().eval()
+    g = compile_quietly(m, (channels, 8, 8))
+    kinds = Counter(n.kind for n in g)
+    assert {k: kinds[k] for k in expected} == expected
+    assert g.params == n_params(m)
+    assert_same(m, g, batch=3)

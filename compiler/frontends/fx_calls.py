@@ -125,13 +125,20 @@ def _index(node: fx.Node, x: Any, index: Any) -> Plain:
         items[at : at + 1] = [slice(None)] * (len(shape) - used)
     else:
         items += [slice(None)] * (len(shape) - used)
+    picks = [(d, it) for d, it in enumerate(it for it in items if it is not None) if isinstance(it, int)]
+    if picks and len(picks) == 1 and len(items) == len(shape) and all(
+            it == slice(None) for it in items if not isinstance(it, int)) and 0 < picks[0][0]:
+        d, i = picks[0]  # `x[:, 0]`: one integer index drops its axis
+        if not -shape[d] <= i < shape[d]:
+            raise Unsupported
+        return "index_select", {"dim": d, "index": [i % shape[d]], "index_shape": []}, [x]
     cuts: list[tuple[int, int, int, int]] = []
     dim = 0
     for it in items:
         if it is None:
             continue
         if not isinstance(it, slice):
-            raise Unsupported  # an integer index drops an axis
+            raise Unsupported  # integer indices mixed with slices
         if (it.start, it.stop, it.step) != (None, None, None):
             if dim == 0:
                 raise Unsupported
@@ -307,6 +314,8 @@ def _method(node: fx.Node) -> Plain:
         return _expand(node, x, list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (list, tuple)) else rest)
     if t == "expand_as" and len(rest) == 1 and is_batched(rest[0]):
         return _expand(node, x, [-1] * len(batch_shape(x)))
+    if t in ("clamp_min", "clamp_min_", "clamp_max", "clamp_max_") and len(rest) == 1 and not kwargs:
+        return _clip(x, *((rest[0], None) if "min" in t else (None, rest[0])))
     if t in ("clamp", "clamp_", "clip", "clip_"):
         kw = {**dict(zip(("min", "max"), rest, strict=False)), **kwargs}
         return _clip(x, kw.get("min"), kw.get("max"))

@@ -151,7 +151,8 @@ BINARY = {
     operator.mul: "mul", torch.mul: "mul", operator.imul: "mul",
     operator.sub: "sub", torch.sub: "sub", operator.truediv: "div", torch.div: "div",
 }
-BINARY_METHODS = {"add": "add", "add_": "add", "mul": "mul", "mul_": "mul", "sub": "sub", "div": "div"}
+BINARY_METHODS = {"add": "add", "add_": "add", "mul": "mul", "mul_": "mul", "sub": "sub", "sub_": "sub", "div": "div",
+                  "div_": "div"}
 SPLITS = {"split", "chunk", "tensor_split"}
 
 # positional parameter names of the builtins bound by hand (torch's schema matching is ambiguous for them)
