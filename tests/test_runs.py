@@ -205,8 +205,14 @@ def test_torchrun_two_processes_write_one_run(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
                "automtl", "search", str(config), "--out", str(tmp_path / "run"), "--quiet"]
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    stop = subprocess.run([*command, "--stop-after", "4"], capture_output=True, text=True, env=env, timeout=300)
+    assert stop.returncode == 0, stop.stderr[-3000:]
+    # process 0 checks the run and picks the checkpoint; every process resumes from it
+    proc = subprocess.run([*command, "--resume"], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((tmp_path / "run" / "automtl-run.json").read_text())
+    assert meta["status"] == "done" and [c["steps"] for c in meta["checkpoints"]] == [8, 6]
+    assert not [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["processes"] == 2
     assert proc.stdout.count("| searched |") == 1  # only process 0 prints
