@@ -7,6 +7,7 @@ may stay opaque. The counts are printed (``pytest -s``) as a table.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections import Counter
 
@@ -351,3 +352,28 @@ def test_more_spellings_are_typed(cls: type[nn.Module], channels: int, expected:
     assert {k: kinds[k] for k in expected} == expected
     assert g.params == n_params(m)
     assert_same(m, g, batch=3)
+
+
+def test_compiling_in_training_mode_leaves_the_module_unchanged(randomize) -> None:
+    """The fused BN module's forward counts batches in training mode; tracing runs it, compiling must not."""
+    module = randomize(PATTERNS["fused_bn_act"]()).train()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    graph = automtl.compile(module, input_shape=SHAPE)
+    assert all(torch.equal(v, before[k]) for k, v in module.state_dict().items())
+    assert [graph[b].kind for b in ("bn1", "bn2", "bn3")] == ["batch_norm"] * 3
+
+
+@pytest.mark.parametrize("kind,attrs,shape,message", [
+    ("permute", {"dims": [1, 0, 2, 3]}, (1, 2, 3, 4), "keeping the batch first"),
+    ("slice", {"dims": [2], "starts": [5], "ends": [9], "steps": [1]}, (1, 2, 3, 4), "empty"),
+    ("expand", {"shape": [2, 5, 4]}, (1, 2, 3, 4), "cannot expand"),
+    ("layer_norm", {"normalized_shape": (3,), "eps": 1e-5, "affine": True}, (1, 2, 3, 4), "last axes [3]"),
+    ("group_norm", {"num_groups": 3, "num_channels": 4, "eps": 1e-5, "affine": True}, (1, 4, 3, 3), "3 groups"),
+])
+def test_shape_rules_of_the_fx_kinds_name_the_operator(kind: str, attrs: dict, shape: tuple, message: str) -> None:
+    from automtl.compiler.ir import Node
+    from automtl.compiler.ops import ShapeError, get
+
+    with pytest.raises(ShapeError, match=re.escape(message)) as info:
+        get(kind).infer(Node("layer", kind, attrs=attrs), [shape])
+    assert "'layer'" in str(info.value)

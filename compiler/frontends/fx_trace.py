@@ -236,6 +236,9 @@ def trace(
     On failure raise a CompileError naming the innermost submodule and the escape hatch to use.
     """
     tracer = Tracer(leaf_modules, wrap_functions, input_shapes)
+    # tracing runs the forward's Python code on real buffers (a train-mode `num_batches_tracked.add_(1)`):
+    # put them back so compiling never changes the user's module
+    saved = [(b, b.clone()) for b in module.buffers()]
     try:
         graph = tracer.trace(module)
     except Exception as exc:  # noqa: BLE001 - tracing runs arbitrary user code
@@ -252,4 +255,8 @@ def trace(
             Source(file=type(module).__name__, layer=where, layer_type=cls),
             hint,
         ) from exc
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
     return fx.GraphModule(tracer.root, graph, type(module).__name__)
