@@ -326,7 +326,9 @@ def permission_bits_apply() -> Iterator[None]:
 
 
 def test_a_read_only_run_directory_is_one_line_and_stays_as_it_is(tmp_path: Path, capsys) -> None:
-    config, run = stopped(tmp_path, after=2)
+    config, run = write_config(tmp_path, baselines="[]"), tmp_path / "run"
+    assert search(config, run) == 0
+    flip_bit(run / "model.pt", 0.9)  # damaged: a resume would be allowed, were the directory writable
     capsys.readouterr()
     before = snapshot(run)
     paths = [run, *run.rglob("*")]
@@ -338,10 +340,14 @@ def test_a_read_only_run_directory_is_one_line_and_stays_as_it_is(tmp_path: Path
                   f"{run}: not writable", "Permission denied")
             fails(capsys, ["search", str(config), "--out", str(run / "new"), "--quiet"],
                   f"{run / 'new'}: cannot make the run directory", "Permission denied")
+            fails(capsys, ["show", str(run)], f"{run / 'pictures'}", "Permission denied")
+            # deriving from a read-only run into another folder needs no write there
+            assert main(["derive", str(run), "--out", str(tmp_path / "derived" / "a.json")]) == 0
     finally:
         for p in paths:
             p.chmod(0o755 if p.is_dir() else 0o644)
-    assert snapshot(run) == before and meta(run)["status"] == "stopped"
+    assert snapshot(run) == before and meta(run)["status"] == "done"
+    assert (tmp_path / "derived" / "a.json").is_file()
 
 
 # --- two processes, and a process killed while it writes ---------------------------------------------------

@@ -431,6 +431,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError):
             pass
         return 0
+    except OSError as exc:  # the file system refused (read-only, full): the file and the reason
+        if args.debug:
+            raise
+        from .integrity import os_error_line
+
+        print(f"{PROG}: error: {_one_line(os_error_line(exc))}", file=sys.stderr)
+        return ERROR_EXIT
 
 
 def entry() -> None:
