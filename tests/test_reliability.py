@@ -508,3 +508,11 @@ def test_derive_and_resume_are_refused_while_another_process_holds_the_run(tmp_p
         os.close(held)
     assert not (tmp_path / "a.json").exists()
     assert main(["derive", str(run), "--out", str(tmp_path / "a.json")]) == 0 and (tmp_path / "a.json").is_file()
+
+
+def test_an_impossible_run_directory_name_is_one_short_line(tmp_path: Path, capsys) -> None:
+    config = write_config(tmp_path, baselines="[]")
+    for out in (tmp_path / ("x" * 100_000), tmp_path / ("y" * 300) / "run"):
+        err = fails(capsys, ["search", str(config), "--out", str(out), "--quiet"], "File name too long", " ... ")
+        assert len(err) < 600, len(err)  # the name is shown by its start and end, not echoed whole
+    assert list(tmp_path.iterdir()) == [config]

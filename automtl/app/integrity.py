@@ -28,17 +28,35 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["TMP_PREFIX", "DirLock", "FileRecord", "RunError", "StagedFile", "atomic_write_text",
-           "clean_temporaries", "file_record", "one_line", "os_error_line"]
+           "clean_temporaries", "elide", "file_record", "one_line", "os_error_line"]
 
 #: every temporary file or folder a run directory may hold starts with this
 TMP_PREFIX = ".automtl-tmp-"
-#: the longest error line we print (a reason quoted from elsewhere is cut to fit)
+#: the longest reason quoted from elsewhere in an error line (cut to fit)
 MAX_LINE = 400
+#: the longest error line of a run directory
+MAX_ERROR = 1200
+#: the longest path quoted in an error line
+MAX_PATH = 200
 _CHUNK = 1 << 20
 
 
 class RunError(ValueError):
-    """A run directory that cannot be used as asked (one line: the directory and what to do)."""
+    """A run directory that cannot be used as asked (one line: the directory and what to do).
+
+    A message longer than :data:`MAX_ERROR` (a path or a quoted reason of any length) keeps its
+    start and its end, where the advice is, and loses the middle."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(elide(" ".join(message.split("\n")), MAX_ERROR))
+
+
+def elide(text: str, limit: int) -> str:
+    """``text`` when at most ``limit`` characters, else its start and end around `` ... ``."""
+    if len(text) <= limit:
+        return text
+    half = (limit - 5) // 2
+    return f"{text[:half]} ... {text[-half:]}"
 
 
 def one_line(exc: BaseException | str, limit: int = MAX_LINE) -> str:
@@ -53,9 +71,9 @@ def os_error_line(exc: OSError) -> str:
     reason = exc.strerror or one_line(exc)
     if exc.filename is None:
         return reason
-    where = os.fspath(exc.filename)
+    where = elide(str(os.fspath(exc.filename)), MAX_PATH)
     if getattr(exc, "filename2", None) is not None:
-        where += f" -> {os.fspath(exc.filename2)}"
+        where += f" -> {elide(str(os.fspath(exc.filename2)), MAX_PATH)}"
     return f"{where}: {reason}"
 
 
