@@ -6,14 +6,18 @@ trunk, T = 5 tasks, one session with one output per task) for an all-shared (bn=
 random architecture, against T single-task models (the trunk plus that task's head) run in turn;
 the latency ratio goes to ``benchmark.extra_info`` and is printed. Each benchmark checks its
 outputs, never its time. Also: reading the exported file back (``from_onnx``) and writing it
-(``export_onnx``).
+(``export_onnx``), and how reading scales with the file: CPU time and peak traced memory
+(tracemalloc: numpy and Python objects) per MB of weights, for two sizes of a convolution stack
+(the checker included; per-MB figures that stay flat are linear).
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import statistics
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -197,3 +201,61 @@ def test_ort_multitask_derived(benchmark: Any, kind: str, single_task_models: li
           f"{MT_TASKS} single-task {separate_ms:.2f} ms), FLOPs ratio {info['flops_ratio']:.3f}")
     if kind == "shared":  # the trunk once: 20 convolutions, not T x 20
         assert info["onnx_convs"] == 20
+
+
+# --- reading scales with the file: time and memory per MB ----------------------------------------
+SCALE_MB = (1, 4) if os.environ.get("AUTOMTL_BENCH_QUICK") == "1" else (4, 32)
+SCALE_RESULTS: dict[int, dict[str, float]] = {}
+
+
+def _conv_stack(path: Path, mb: int, channels: int = 64) -> int:
+    """A chain of 3x3 convolution + ReLU layers holding about ``mb`` MB of float32 weights; its layer count."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    layers = max(1, round(mb * 2**20 / (channels * channels * 9 * 4)))
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "x"
+    for i in range(layers):
+        weight = f"layer{i}.weight"
+        inits.append(numpy_helper.from_array(rng.standard_normal((channels, channels, 3, 3), np.float32) * 0.05,
+                                             weight))
+        nodes += [helper.make_node("Conv", [x, weight], [f"c{i}"], name=f"/layer{i}/Conv", pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"/layer{i}/Relu")]
+        x = f"r{i}"
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(nodes, "stack", [value("x", TensorProto.FLOAT, ["N", channels, 8, 8])],
+                              [value(x, TensorProto.FLOAT, ["N", channels, 8, 8])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return layers
+
+
+@pytest.mark.parametrize("mb", SCALE_MB)
+def test_from_onnx_per_mb(benchmark: Any, mb: int, tmp_path: Path) -> None:
+    """ONNX file -> IR for a conv stack of ``mb`` MB: CPU ms and peak traced MB per MB of file."""
+    benchmark.group = "onnx import scaling (conv stack)"
+    path = tmp_path / f"stack{mb}.onnx"
+    layers = _conv_stack(path, mb)
+    size = path.stat().st_size / 2**20
+    graph = benchmark.pedantic(from_onnx, (path,), rounds=3, iterations=1)
+    assert sum(n.kind == "conv2d" for n in graph) == layers
+    gc.collect()
+    start = time.process_time()
+    from_onnx(path)
+    cpu = time.process_time() - start
+    tracemalloc.start()
+    try:
+        from_onnx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    info = {"file_mb": size, "cpu_ms_per_mb": 1e3 * cpu / size, "peak_mb_per_mb": peak / 2**20 / size}
+    benchmark.extra_info.update(info)
+    SCALE_RESULTS[mb] = info
+    print(f"\nfrom_onnx {size:.1f} MB ({layers} convs): {info['cpu_ms_per_mb']:.1f} ms CPU per MB, "
+          f"peak traced memory {info['peak_mb_per_mb']:.2f} MB per MB")
+    if len(SCALE_RESULTS) == len(SCALE_MB):
+        small, large = (SCALE_RESULTS[m] for m in SCALE_MB)
+        cpu_ratio = large["cpu_ms_per_mb"] / small["cpu_ms_per_mb"]
+        memory_ratio = large["peak_mb_per_mb"] / small["peak_mb_per_mb"]
+        print(f"per-MB ratio {SCALE_MB[1]} MB / {SCALE_MB[0]} MB: CPU {cpu_ratio:.2f}, memory {memory_ratio:.2f} "
+              "(1 is linear)")

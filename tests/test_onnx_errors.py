@@ -5,14 +5,20 @@ Every refusal is one :class:`CompileError` line naming the file and, where there
 
 from __future__ import annotations
 
+import random
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
+import torch
+import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
-from onnx_util import assert_matches_ort, make_model, one_thread, run_ir, run_ort, w  # noqa: F401 - one_thread: autouse fixture
+from onnx_util import assert_matches_ort, make_model, one_thread, run_ir, run_ort, torch_export, w  # noqa: F401 - one_thread: autouse fixture
+from torch import nn
 
 import automtl
 from automtl.compiler.errors import CompileError
@@ -111,7 +117,7 @@ def test_weights_as_inputs_accepted(tmp_path: Path) -> None:
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
     path = tmp_path / "weights_as_inputs.onnx"
     onnx.save(model, path)
-    torch_weights = {k: __import__("torch").from_numpy(v) for k, v in weights.items()}  # tensors are accepted too
+    torch_weights = {k: torch.from_numpy(v) for k, v in weights.items()}  # tensors are accepted too
     (got,) = run_ir(automtl.compile(path, weights_as_inputs=torch_weights), x)
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
@@ -224,3 +230,89 @@ def test_cast_to_integer_refused() -> None:
     node = helper.make_node("Cast", ["x"], ["y"], name="to_int", to=TensorProto.INT64)
     model = make_model([node], {"x": (2, 3)}, ["y"], out_dtype=TensorProto.INT64)
     refused(model, r"Cast 'to_int': casting a computed tensor to INT64 is not supported")
+
+
+# --- fuzzing: mutants of a real export -----------------------------------------------------------
+class _Mixed(nn.Module):
+    """Convolutions, a split, a channels-last LayerNorm, x[:, i:j].expand_as, pooling, resizing, padding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.norm = nn.Conv2d(3, 8, 3, padding=1), nn.LayerNorm(8)
+        self.up, self.deconv = nn.Upsample(scale_factor=2), nn.ConvTranspose2d(8, 4, 2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        a, b = torch.split(x, [3, 5], 1)
+        y = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        z = F.max_pool2d(torch.cat([b, a], 1) * y[:, 1:2].expand_as(y), 2)
+        return self.deconv(F.pad(self.up(z), (1, 1, 1, 1))).flatten(1).softmax(-1)
+
+
+def _mutant(base: onnx.ModelProto, rng: random.Random) -> onnx.ModelProto:
+    """One random corruption: an op type, an input, an attribute, an initializer, an output, the order, the opset."""
+    m = onnx.ModelProto()
+    m.CopyFrom(base)
+    g, kind = m.graph, rng.randrange(9)
+    node = rng.choice(list(g.node))
+    if kind == 0:
+        node.op_type = rng.choice(sorted(onnx_frontend.SUPPORTED_OPS))
+    elif kind == 1 and node.input:
+        del node.input[rng.randrange(len(node.input))]
+    elif kind == 2:
+        node.input.append(rng.choice([t.name for t in g.initializer]))
+    elif kind == 3 and node.attribute:
+        a = rng.choice(list(node.attribute))
+        if a.type == onnx.AttributeProto.INT:
+            a.i = rng.randint(-3, 10)
+        elif a.type == onnx.AttributeProto.INTS and a.ints:
+            a.ints[rng.randrange(len(a.ints))] = rng.randint(-3, 10)
+        elif a.type == onnx.AttributeProto.FLOAT:
+            a.f = rng.choice([0.0, -1.0, 1e30, float("nan")])
+    elif kind == 4:
+        t = rng.choice([t for t in g.initializer if t.dims])
+        t.dims[rng.randrange(len(t.dims))] = rng.choice([0, -1, 1, 2, 7, 10**6])
+    elif kind == 5:
+        t = rng.choice([t for t in g.initializer if t.raw_data])
+        t.raw_data = t.raw_data[: rng.randrange(len(t.raw_data))]
+    elif kind == 6:
+        node.output[0] = rng.choice(list(g.node)).output[0]
+    elif kind == 7:
+        i, j = rng.sample(range(len(g.node)), 2)
+        first = onnx.NodeProto()
+        first.CopyFrom(g.node[i])
+        g.node[i].CopyFrom(g.node[j])
+        g.node[j].CopyFrom(first)
+    else:
+        m.opset_import[0].version = rng.randint(1, max_opset() + 2)
+    return m
+
+
+def test_fuzzed_exports_compile_exactly_or_are_refused_in_one_line(tmp_path: Path) -> None:
+    """Mutants of an export: a one-line CompileError, or a model that runs and equals onnxruntime where it runs."""
+    torch.manual_seed(0)
+    path = tmp_path / "mixed.onnx"
+    torch_export(_Mixed().eval(), torch.randn(2, 3, 8, 8), path)
+    base, rng = onnx.load(path), random.Random(0)
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    outcome = Counter()
+    for _ in range(80):
+        model = _mutant(base, rng)
+        try:
+            graph = from_onnx(model)
+        except CompileError as exc:
+            assert "\n" not in str(exc) and len(str(exc)) < 700
+            outcome["refused"] += 1
+            continue
+        x = w(*graph[graph.inputs[0]].shape)
+        (got,) = run_ir(graph, x)  # compiled: it must run
+        try:
+            session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            (want,) = session.run(None, {session.get_inputs()[0].name: x})
+        except Exception:  # noqa: BLE001 - onnxruntime refuses some mutants the frontend reads
+            outcome["onnxruntime refuses"] += 1
+            continue
+        assert got.shape == want.shape and np.abs(got - want).max() <= 1e-4
+        outcome["equal"] += 1
+    assert outcome["refused"] > 20 and outcome["equal"] > 10, outcome

@@ -67,7 +67,10 @@ def settle(v: np.ndarray) -> np.ndarray:
 def to_torch(value: np.ndarray, dtype: str = "float32") -> torch.Tensor:
     """A weight or constant as a torch tensor of ``dtype`` (float32 for weights)."""
     wide = np.float64 if dtype == "float64" else np.float32
-    return torch.from_numpy(np.ascontiguousarray(value).astype(wide)).to(TORCH_DTYPES[dtype])
+    array = np.ascontiguousarray(value).astype(wide, copy=False)  # no second copy of a float32 weight
+    if not array.flags.writeable:
+        array = array.copy()
+    return torch.from_numpy(array).to(TORCH_DTYPES[dtype])
 
 
 def fmt(dims: Sequence[Any]) -> str:
