@@ -377,3 +377,22 @@ def test_shape_rules_of_the_fx_kinds_name_the_operator(kind: str, attrs: dict, s
     with pytest.raises(ShapeError, match=re.escape(message)) as info:
         get(kind).infer(Node("layer", kind, attrs=attrs), [shape])
     assert "'layer'" in str(info.value)
+
+
+class KeywordCall(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.conv(input=x))
+
+
+def test_module_called_twice_with_keywords_stays_one_opaque_module(assert_same) -> None:
+    """A call the IR cannot type makes every call of that module opaque: still one weight bank."""
+    m = KeywordCall().eval()
+    with pytest.warns(OpaqueOperatorWarning, match="conv, conv_1"):
+        g = automtl.compile(m, input_shape=(3, 4, 4))
+    assert [n.kind for n in g] == ["input", "opaque", "opaque"]
+    gm = assert_same(m, g)
+    assert gm.conv is gm.conv_1

@@ -121,8 +121,11 @@ class _Builder:
         self.opaque: list[str] = []
         self.fx_names = {n.name for n in gm.graph.nodes}
         calls = Counter(str(n.target) for n in gm.graph.nodes if n.op == "call_module")
-        # modules with weights or buffers called more than once: one weight bank for all their calls
-        self.tied = {t for t, k in calls.items() if k > 1 and _has_state(gm.get_submodule(t))}
+        # modules with weights or buffers called more than once: one weight bank for all their calls, as
+        # `tied_module` operators when every call passes tensors only (else all stay opaque calls of it)
+        repeated = {t for t, k in calls.items() if k > 1 and _has_state(gm.get_submodule(t))}
+        self.tied = {t: all(_plain_call(n) for n in gm.graph.nodes if n.op == "call_module" and n.target == t)
+                     for t in repeated}
         self.first_call: dict[str, str] = {}
         self.copies: dict[str, nn.Module] = {}
 
@@ -177,6 +180,8 @@ class _Builder:
                 return self._tied(node, mod, name, src)
         else:
             name = self.unique(self._preferred(node), node)
+            if name != node.name:
+                src = Source(file=src.file, layer=name, layer_type=_module_type(node))
         try:
             if mod is not None:
                 kind, attrs, inputs, tensors = convert_module(mod, node)
@@ -233,8 +238,7 @@ class _Builder:
     def _tied(self, node: fx.Node, mod: nn.Module, name: str, src: Source) -> Node:
         """One call of a module called at several places: all calls run the one module."""
         target = str(node.target)
-        ok = not node.kwargs and all(isinstance(a, fx.Node) for a in node.args) and static_value(node) is not None
-        if not ok:  # still one weight bank (the same module object), but its parameters are not counted
+        if not self.tied[target]:  # still one weight bank (the same module object), but not counted
             return Node(name, "opaque", attrs={"target": mod}, source=src)
         if target not in self.first_call:  # the compiled model gets its own copy, as typed operators do
             self.first_call[target], self.copies[target] = name, copy.deepcopy(mod)
@@ -243,8 +247,23 @@ class _Builder:
         return Node(name, "tied_module", inputs=list(node.args), attrs=attrs, source=src)
 
 
+def _plain_call(node: fx.Node) -> bool:
+    """A module call on tensors only, with a known output shape."""
+    return not node.kwargs and all(isinstance(a, fx.Node) for a in node.args) and static_value(node) is not None
+
+
 def _has_state(mod: nn.Module) -> bool:
     return any(True for _ in mod.parameters()) or any(True for _ in mod.buffers())
+
+
+def _module_type(node: fx.Node) -> str | None:
+    """The class name of the innermost module whose forward made this call."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return None
+    inner = stack[next(reversed(stack))]
+    cls = inner[-1] if isinstance(inner, tuple) else inner
+    return cls.__name__ if isinstance(cls, type) else str(cls).rsplit(".", 1)[-1]
 
 
 def _numel(shape: tuple[int, ...]) -> int:
