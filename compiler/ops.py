@@ -751,13 +751,19 @@ def _infer_module_call(node: Node, shapes: list[Shape]) -> Shape:
     return _shape_of(out)
 
 
+def _tied_flops(node: Node, shapes: list[Shape], out: Shape) -> int:
+    """The FLOPs of the kind the module is (``base_kind`` / ``base_attrs``, when the frontend knows it)."""
+    base = node.attrs.get("base_kind")
+    return get(base).flops(Node(node.name, base, attrs=node.attrs["base_attrs"]), shapes, out) if base else 0
+
+
 # One module instance the source calls at several places: every call runs that one module (one weight
 # bank, never copied); its parameters count once, at the call without a ``tie`` (the first).
 register(
     OpKind(
         "tied_module", _infer_module_call, arity=(1, None),
         params=lambda n, s: 0 if n.attrs.get("tie") else sum(p.numel() for p in n.attrs["target"].parameters()),
-        module=lambda n, s: n.attrs["target"], loads_tensors=True,
+        flops=_tied_flops, module=lambda n, s: n.attrs["target"], loads_tensors=True,
     )
 )
 

@@ -396,3 +396,9 @@ def test_module_called_twice_with_keywords_stays_one_opaque_module(assert_same) 
     assert [n.kind for n in g] == ["input", "opaque", "opaque"]
     gm = assert_same(m, g)
     assert gm.conv is gm.conv_1
+
+
+def test_tied_calls_count_flops_like_their_kind(randomize) -> None:
+    g = automtl.compile(randomize(Siamese()), input_shape=(3, 6, 6))
+    conv = 2 * (4 * 6 * 6) * (3 * 3 * 3)  # 2 x MACs of one call
+    assert g["conv"].flops == g["conv_1"].flops == conv and g["bn_1"].flops == 2 * 4 * 6 * 6

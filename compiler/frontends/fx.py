@@ -244,6 +244,10 @@ class _Builder:
             self.first_call[target], self.copies[target] = name, copy.deepcopy(mod)
         tie = self.first_call[target]
         attrs = {"target": self.copies[target], "tie": None if tie == name else tie}
+        try:  # what kind of operator each call is, for its FLOPs
+            attrs["base_kind"], attrs["base_attrs"] = convert_module(mod, node)[:2]
+        except (Unsupported, KeyError, TypeError, ValueError):
+            pass
         return Node(name, "tied_module", inputs=list(node.args), attrs=attrs, source=src)
 
 
