@@ -65,6 +65,7 @@ class RunDir:
         self.path = Path(path)
         self.lock: DirLock | None = None
         self.started = False
+        self.start_changes: dict[str, Any] = {}  # manifest changes made with the first change of the run
         self._made: list[Path] = []  # folders this command created (a new run), top-most first
         # the records of checkpoint.pt and checkpoint.prev.pt as they are now (None: none, or unknown)
         self._current: tuple[dict[str, Any] | None, dict[str, Any] | None] = (None, None)
@@ -303,7 +304,7 @@ class RunDir:
         """The command in hand now changes the run: from here on a failure leaves status ``failed``."""
         if not self.started:
             self.started = True
-            self.write_meta(status="running", pid=os.getpid(), error=None)
+            self.write_meta(status="running", pid=os.getpid(), error=None, **self.start_changes)
 
     def undo(self) -> None:
         """Put the directory back as this command found it (a new run: absent, or empty as it was)."""

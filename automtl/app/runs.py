@@ -175,6 +175,7 @@ def _search(cfg: RunConfig, run: RunDir, model: Any, tasks: Mapping[str, Task], 
             warn(f"{run.path}: no checkpoint was saved before it stopped; the search starts again from step 0")
         searcher = Searcher(model, tasks, data, search_cfg)
     _guard_checkpoints(searcher, run, rank)
+    run.start_changes = {"searched": None}  # a search run again makes its files again
     writer = None
     if rank == 0:  # a resumed history ends at its checkpoint: so must the metrics file
         writer = MetricsWriter(run.path, keep=sum(len(v) for v in searcher.history.values()), note=warn,
@@ -282,6 +283,8 @@ def _on_first_process(action: Callable[[], Any], rank: int, world: int) -> Any:
 def _report(cfg: RunConfig, run: RunDir, searched: Searched, tasks: Mapping[str, Task], data: Any, note: Any,
             rank: int, title: str) -> dict[str, Any]:
     """Train the baselines (each kept in the manifest once trained), measure, draw, write the report."""
+    if rank == 0:
+        run.mark_started()
     names = list(tasks)
     primary = {t: tasks[t].primary_metric for t in names}
     shape = (1, *cfg.backbone.input_shape)
