@@ -984,3 +984,6 @@ def to_dtype(x: torch.Tensor, dtype: str) -> torch.Tensor:
 register(OpKind("cast", _same, flops=lambda n, s, o: numel(o), function=to_dtype,
                 kwargs=lambda n: {"dtype": n.attrs["dtype"]}))
 _unary("rsqrt", torch.rsqrt)  # 1 / sqrt(x): the inverse standard deviation a LayerNormalization may output
+_unary("erf", torch.erf)  # exporters before opset 20 write GELU as x * (1 + erf(x / sqrt 2)) / 2
+_unary("softplus", F.softplus)  # log(1 + exp(x)); Mish is x * tanh(softplus(x))
+_unary("gelu_tanh", F.gelu, lambda n: {"approximate": "tanh"})

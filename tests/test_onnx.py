@@ -364,8 +364,8 @@ def test_initializers_listed_as_inputs() -> None:
     assert graph.inputs == ["x"] and kinds(graph) == ["conv2d"]
 
 
-# --- layout and normalisation operators against onnxruntime --------------------------------------
-def _layout_cases() -> list:
+# --- newer operators against onnxruntime ------------------------------------------------------------
+def _operator_cases() -> list:
     node = helper.make_node
     i64 = np.int64
     return [
@@ -394,12 +394,33 @@ def _layout_cases() -> list:
                      {"g": w(4), "b": w(4)}, 17, ["instance_norm"], id="instance-norm"),
         pytest.param([node("GroupNormalization", ["x", "g", "b"], ["y"], num_groups=2)],
                      {"g": w(4), "b": w(4)}, 21, ["group_norm"], id="group-norm-21"),
+        pytest.param([node("LayerNormalization", ["x", "g", "b"], ["y", "mean", "inv_std"], axis=2)],
+                     {"g": w(3, 5), "b": w(3, 5)}, 17, ["layer_norm", "mean", "sub", "mul", "mean", "add", "rsqrt"],
+                     id="layer-norm-statistics"),
+        pytest.param([node("PRelu", ["x", "slope"], ["y"])], {"slope": w(3, 5)}, 16,
+                     ["parameter", "clip", "mul", "relu", "add"], id="prelu-broadcast"),
+        pytest.param([node("Slice", ["x", "st", "en", "ax", "sp"], ["y"])],
+                     {"st": np.array([1, 0], i64), "en": np.array([4, 99], i64), "ax": np.array([1, 3], i64),
+                      "sp": np.array([2, 2], i64)}, 13, ["slice"], id="slice-steps"),
+        pytest.param([node("Erf", ["x"], ["e"]), node("Softplus", ["e"], ["s"]), node("Gelu", ["s"], ["y"],
+                      approximate="tanh")], {}, 20, ["erf", "softplus", "gelu_tanh"], id="erf-softplus-gelu-tanh"),
+        pytest.param([node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], pads=[2, 0, 2, 1])], {}, 17,
+                     ["pad", "max_pool2d"], id="maxpool-pads-over-half-kernel"),
+        pytest.param([node("AveragePool", ["x"], ["y"], kernel_shape=[3, 2], pads=[2, 1, 1, 0], count_include_pad=1)],
+                     {}, 17, ["pad", "avg_pool2d"], id="avgpool-include-pads-over-half-kernel"),
+        pytest.param([node("ConvTranspose", ["x", "W", "B"], ["y"], strides=[2, 2], output_shape=[7, 10])],
+                     {"W": w(4, 2, 3, 3), "B": w(2)}, 17, ["conv_transpose2d", "narrow"], id="deconv-output-shape"),
+        pytest.param([node("ConvTranspose", ["x", "W"], ["y"], strides=[2, 2], auto_pad="SAME_UPPER")],
+                     {"W": w(4, 2, 4, 3)}, 17, ["conv_transpose2d", "narrow"], id="deconv-same-upper"),
+        pytest.param([node("ConvTranspose", ["x", "W"], ["y"], pads=[0, 2, 1, 1])], {"W": w(4, 2, 3, 3)}, 17,
+                     ["conv_transpose2d", "narrow", "narrow"], id="deconv-asymmetric-pads"),
     ]
 
 
-@pytest.mark.parametrize(("nodes", "inits", "opset", "want"), _layout_cases())
-def test_layout_and_norm_ops(nodes: list, inits: dict, opset: int, want: list) -> None:
-    outputs = [o for o in nodes[-1].output]
+@pytest.mark.parametrize(("nodes", "inits", "opset", "want"), _operator_cases())
+def test_operator_matches_onnxruntime(nodes: list, inits: dict, opset: int, want: list) -> None:
+    """Each case compiles to the typed kinds ``want`` and computes what onnxruntime does."""
+    outputs = list(nodes[-1].output)
     model = make_model(nodes, {"x": (2, 4, 3, 5)}, outputs, inits, opset=opset)
     graph = assert_matches_ort(model, (2, 4, 3, 5))
     assert kinds(graph) == want
@@ -439,7 +460,8 @@ class ConvNeXtMix(nn.Module):
         return self.inorm(self.gn(x * gate))
 
 
-def test_convnext_mixnet_export(tmp_path: Path) -> None:
+@pytest.mark.parametrize("opset", [17, 20])  # GELU is Div, Erf, Add, Mul, Mul before opset 20
+def test_convnext_mixnet_export(opset: int, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = ConvNeXtMix().eval()
     with torch.no_grad():
@@ -447,11 +469,11 @@ def test_convnext_mixnet_export(tmp_path: Path) -> None:
             m.weight.uniform_(0.5, 1.5)
             m.bias.normal_()
     x = torch.randn(2, 3, 12, 12)
-    path = torch_export(model, x, tmp_path / "mix.onnx", opset_version=20)
+    path = torch_export(model, x, tmp_path / "mix.onnx", opset_version=opset)
     graph = from_onnx(path)
     ks = kinds(graph)
     # the exporter writes GroupNorm as Reshape -> InstanceNormalization -> Reshape -> Mul -> Add
-    assert {"permute", "layer_norm", "gelu", "index_select", "expand"} <= set(ks)
+    assert {"permute", "layer_norm", "gelu" if opset >= 20 else "erf", "index_select", "expand"} <= set(ks)
     assert ks.count("narrow") == 3 and ks.count("instance_norm") == 2
     with torch.no_grad():
         want = model(x)

@@ -61,26 +61,49 @@ def _conv_transpose(r: Reader, node: Any, a: dict[str, Any]) -> None:
     w = weight(r, node, 1, "weight")
     if w.ndim != 4:
         raise r.error(f"only 2-D transposed convolutions are supported (weight shape {list(w.shape)})")
-    if "output_shape" in a or a.get("auto_pad", "NOTSET") not in ("NOTSET", "", "VALID"):
-        raise r.error("output_shape / auto_pad SAME_* are not supported", "export with explicit pads")
     if tuple(a.get("kernel_shape", w.shape[2:])) != tuple(w.shape[2:]):
         raise r.error(f"kernel_shape {list(a['kernel_shape'])} differs from the weight's {list(w.shape[2:])}")
     g = int(a.get("group", 1))
     if g < 1:
         raise r.error(f"group={g} is not positive")
     b = _sized(r, r.opt_const(node, 2, "bias"), w.shape[1] * g, "bias")
-    p = list(a.get("pads", [0, 0, 0, 0])) if a.get("auto_pad", "NOTSET") != "VALID" else [0, 0, 0, 0]
-    if len(p) != 4 or p[0] != p[2] or p[1] != p[3] or min(p) < 0:
-        raise r.error(f"pads {p} are not supported for ConvTranspose (only symmetric 2-D pads)")
     s, d = _ints(r, a, "strides", (1, 1)), _ints(r, a, "dilations", (1, 1))
     op = _ints(r, a, "output_padding", (0, 0), positive=False)
     if any(o < 0 or (o >= st and o >= di) for o, st, di in zip(op, s, d, strict=True)):
         raise r.error(f"output_padding {list(op)} must be smaller than the stride or the dilation")
+    begin, end = _deconv_pads(r, a, r.shape(x), tuple(w.shape[2:]), s, d, op)
+    sym = tuple(min(p, q) for p, q in zip(begin, end, strict=True))
     attrs = {"in_channels": w.shape[0], "out_channels": w.shape[1] * g, "kernel_size": tuple(w.shape[2:]),
-             "stride": s, "padding": (p[0], p[1]), "dilation": d, "groups": g, "bias": b is not None,
-             "output_padding": op}
+             "stride": s, "padding": sym, "dilation": d, "groups": g, "bias": b is not None, "output_padding": op}
     tensors = {"weight": w} if b is None else {"weight": w, "bias": b}
-    r.out(r.add("conv_transpose2d", attrs, [x], tensors))
+    y = r.add("conv_transpose2d", attrs, [x], tensors)
+    for i in range(2):  # asymmetric pads: crop the rest of one side
+        cut_begin, cut_end = begin[i] - sym[i], end[i] - sym[i]
+        if cut_begin or cut_end:
+            length = r.shape(y)[i + 2] - cut_begin - cut_end
+            y = r.add("narrow", {"dim": i + 2, "start": cut_begin, "length": length}, [y],
+                      hint=r.hint_suffix(f"crop{i}"))
+    r.out(y)
+
+
+def _deconv_pads(
+    r: Reader, a: dict[str, Any], x: tuple[int, ...], k: tuple[int, ...], s: tuple[int, ...], d: tuple[int, ...],
+    op: tuple[int, ...],
+) -> tuple[list[int], list[int]]:
+    """ConvTranspose's (begin, end) pads per spatial axis: given, or from ``output_shape`` / ``auto_pad``."""
+    auto = a.get("auto_pad", "NOTSET")
+    if "output_shape" not in a and auto not in ("SAME_UPPER", "SAME_LOWER"):
+        p = [0, 0, 0, 0] if auto == "VALID" else [int(v) for v in a.get("pads", [0, 0, 0, 0])]
+        if len(p) != 4 or min(p) < 0:
+            raise r.error(f"pads {p} are not 4 non-negative values (only 2-D is supported)")
+        return p[:2], p[2:]
+    want = [int(v) for v in a["output_shape"]][-2:] if "output_shape" in a else [x[i + 2] * s[i] for i in range(2)]
+    total = [s[i] * (x[i + 2] - 1) + op[i] + (k[i] - 1) * d[i] + 1 - want[i] for i in range(2)]
+    if min(total) < 0:
+        raise r.error(f"output_shape {want} is larger than the full transposed convolution")
+    if auto == "SAME_UPPER":
+        return [t // 2 for t in total], [t - t // 2 for t in total]
+    return [t - t // 2 for t in total], [t // 2 for t in total]
 
 
 @handles("Gemm")
@@ -227,7 +250,8 @@ def _group_norm(r: Reader, node: Any, a: dict[str, Any]) -> None:
 
 
 # --- activations ---------------------------------------------------------------------------------
-_UNARY = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "HardSwish": "hardswish"}
+_UNARY = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "HardSwish": "hardswish", "Erf": "erf",
+          "Softplus": "softplus"}
 
 
 @handles(*_UNARY)
@@ -252,9 +276,10 @@ def _elu(r: Reader, node: Any, a: dict[str, Any]) -> None:
 
 @handles("Gelu")
 def _gelu(r: Reader, node: Any, a: dict[str, Any]) -> None:
-    if a.get("approximate", "none") != "none":
-        raise r.error(f"Gelu approximate={a['approximate']!r} is not supported (only 'none')")
-    r.out(r.add("gelu", {}, [r.x(node)]))
+    kind = {"none": "gelu", "tanh": "gelu_tanh"}.get(a.get("approximate", "none"))
+    if kind is None:
+        raise r.error(f"Gelu approximate={a['approximate']!r} is not supported (only 'none' and 'tanh')")
+    r.out(r.add(kind, {}, [r.x(node)]))
 
 
 @handles("PRelu")
@@ -379,10 +404,17 @@ def _pool_attrs(r: Reader, a: dict[str, Any], x: str, pad_value: float | None) -
     if len(k) != 2 or len(shape) != 4 or min(k) < 1:
         raise r.error(f"only 2-D pooling is supported (kernel {list(k)}, input {list(shape)})")
     s, d = _ints(r, a, "strides", (1, 1)), _ints(r, a, "dilations", (1, 1))
-    x, pad = r.split_pads(r.pads(a, shape, k, s, d), x, pad_value)
     if a.get("storage_order", 0):
         raise r.error("storage_order=1 is not supported")
     ceil = bool(a.get("ceil_mode", 0))
+    p = r.pads(a, shape, k, s, d)
+    if pad_value is not None and not ceil and any(2 * max(p[i], p[i + 2]) > k[i] for i in range(2)):
+        # torch pools pad at most half the kernel: pad explicitly (the value ONNX pools it as), then pool
+        x = r.add("pad", {"pad": [p[1], p[3], p[0], p[2]], "mode": "constant", "value": pad_value}, [x],
+                  hint=r.hint_suffix("pad"))
+        pad = (0, 0)
+    else:
+        x, pad = r.split_pads(p, x, pad_value)
     return x, {"kernel_size": k, "stride": s, "padding": pad, "ceil_mode": ceil, "dilation": d}
 
 

@@ -25,7 +25,7 @@ VERSIONS: dict[str, int] = {
     "LayerNormalization": 17, "InstanceNormalization": 22, "GroupNormalization": 21,
     # activations
     "Relu": 14, "LeakyRelu": 16, "PRelu": 16, "Elu": 22, "Gelu": 20, "Sigmoid": 13, "Tanh": 13,
-    "HardSigmoid": 22, "HardSwish": 22, "Clip": 13, "Softmax": 13, "LogSoftmax": 13,
+    "HardSigmoid": 22, "HardSwish": 22, "Clip": 13, "Softmax": 13, "LogSoftmax": 13, "Erf": 13, "Softplus": 22,
     # element-wise
     "Add": 14, "Sub": 14, "Mul": 14, "Div": 14, "Sum": 13, "Max": 13,
     # pooling and resizing

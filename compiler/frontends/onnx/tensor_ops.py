@@ -128,19 +128,26 @@ def _slice(r: Reader, node: Any, a: dict[str, Any]) -> None:
     axes = list(range(len(starts))) if axes is None else [_axis(r, i, len(shape)) for i in np.reshape(axes, -1)]
     if not len(starts) == len(ends) == len(axes) or (steps is not None and steps.size != len(axes)):
         raise r.error(f"starts, ends, axes and steps differ in length ({len(starts)}, {len(ends)}, {len(axes)})")
-    for k, axis in enumerate(axes):
-        if steps is not None and int(steps.reshape(-1)[k]) != 1:
-            raise r.error("Slice with steps other than 1 is not supported")
+    step_list = [1] * len(axes) if steps is None else [int(v) for v in steps.reshape(-1)]
+    cuts = []  # (axis, start, end, step) of every axis the slice changes
+    for axis, lo, hi, step in zip(axes, starts, ends, step_list, strict=True):
         size = shape[axis]
-        lo, hi = starts[k], ends[k]
+        if step <= 0:
+            raise r.error(f"Slice with step {step} is not supported (only positive steps)")
         lo = max(0, min(size, lo + size if lo < 0 else lo))
         hi = max(0, min(size, hi + size if hi < 0 else hi))
-        if lo == 0 and hi == size:
+        if lo == 0 and hi == size and step == 1:
             continue
         if axis == 0:
             raise r.error("slicing the batch dimension is not supported")
         if hi <= lo:
-            raise r.error(f"slice [{starts[k]}, {ends[k]}) of axis {axis} (size {size}) is empty")
+            raise r.error(f"slice [{lo}, {hi}) of axis {axis} (size {size}) is empty")
+        cuts.append((axis, lo, hi, step))
+    if any(step != 1 for *_, step in cuts):
+        attrs = {k: [c[i] for c in cuts] for i, k in enumerate(("dims", "starts", "ends", "steps"))}
+        r.out(r.add("slice", attrs, [x]))
+        return
+    for axis, lo, hi, _ in cuts:
         x = r.add("narrow", {"dim": axis, "start": lo, "length": hi - lo}, [x])
     r.out(x)
 
