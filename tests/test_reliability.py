@@ -216,10 +216,11 @@ def test_a_failed_report_is_completed_without_searching_again(tmp_path: Path, ca
     monkeypatch.setattr(pictures, "render_all", real)
     monkeypatch.setattr(Searcher, "run", never)
     monkeypatch.setattr(runs, "_train_baseline", never)  # the all-shared baseline was kept in the manifest
+    (run / "metrics.jsonl").unlink()
     assert main(["report", str(run)]) == 0
     captured = capsys.readouterr()
     assert "| all-shared |" in captured.out and "| searched |" in captured.out
-    assert "completing the report" in captured.err
+    assert "completing the report" in captured.err and "metrics.jsonl: missing; its records are lost" in captured.err
     assert meta(run)["status"] == "done" and (run / "pictures" / "sharing.png").is_file()
     assert (run / "model.pt").read_bytes() == model
     assert main(["report", str(run), "--json"]) == 0
