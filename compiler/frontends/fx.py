@@ -32,7 +32,7 @@ from ..ir import Graph, Node
 from ..ops import Ref
 from ..passes import prune, run_all
 from .fx_calls import convert_call
-from .fx_convert import WEIGHTED, Unsupported, convert_module, fetch
+from .fx_convert import WEIGHTED, Typed, Unsupported, convert_module, fetch
 from .fx_trace import static_shape, static_value, trace
 
 __all__ = ["OpaqueOperatorWarning", "from_module", "trace"]
@@ -71,6 +71,23 @@ def _template(value: Any, refs: dict[fx.Node, int], order: list[fx.Node]) -> Any
     return value
 
 
+TYPED = "automtl_typed"  # node.meta key: the call's typed operator, converted while tracing
+
+
+def _typed(root: nn.Module, node: fx.Node) -> Typed | None:
+    """The tracer's view of a call: its typed operator, kept for the conversion when it cannot change."""
+    try:
+        if node.op == "call_module":
+            typed = convert_module(root.get_submodule(str(node.target)), node)
+        else:
+            typed = convert_call(root, node)  # type: ignore[arg-type]
+    except (Unsupported, KeyError, TypeError, IndexError, ValueError, AttributeError):
+        return None
+    if node.target not in WEIGHTED:  # those check who else reads their weights: only known after tracing
+        node.meta[TYPED] = typed
+    return typed
+
+
 def _shapes(module_name: str, input_shape: Any) -> list[tuple[int, ...]]:
     if input_shape is None:
         raise CompileError(f"compiling {module_name} needs input_shape=(C, H, W) (or one per input)")
@@ -90,7 +107,7 @@ def from_module(
     """
     name = type(module).__name__
     shapes = _shapes(name, input_shape)
-    gm = trace(module, tuple(leaf_modules), tuple(wrap_functions), shapes)
+    gm = trace(module, tuple(leaf_modules), tuple(wrap_functions), shapes, _typed)
     n_inputs = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
     if len(shapes) != n_inputs:
         raise CompileError(f"{name}.forward takes {n_inputs} inputs but {len(shapes)} input shapes were given")
@@ -183,7 +200,9 @@ class _Builder:
             if name != node.name:
                 src = Source(file=src.file, layer=name, layer_type=_module_type(node))
         try:
-            if mod is not None:
+            if TYPED in node.meta:  # converted while tracing
+                kind, attrs, inputs, tensors = node.meta[TYPED]
+            elif mod is not None:
                 kind, attrs, inputs, tensors = convert_module(mod, node)
             elif node.op in ("call_function", "call_method"):
                 kind, attrs, inputs, tensors = convert_call(self.gm, node)

@@ -19,6 +19,11 @@ import torch.fx as fx
 from torch import nn
 
 from ..errors import CompileError, Source
+from ..ir import Node
+from ..ops import get
+
+# (root module, fx node) -> the call's typed operator (kind, attrs, input nodes, tensors), or None
+Typer = Callable[[nn.Module, fx.Node], tuple[str, dict[str, Any], list[fx.Node], dict[str, torch.Tensor]] | None]
 
 VALUE = "automtl_value"  # node.meta key: the value replayed on meta tensors
 BATCHED = "automtl_batched"  # node.meta key: the value depends on a graph input (its axis 0 is the batch)
@@ -75,8 +80,10 @@ class Tracer(fx.Tracer):
         leaf_modules: Sequence[type[nn.Module] | str],
         autowrap: Sequence[Callable[..., Any]],
         input_shapes: Sequence[tuple[int, ...]] | None = None,
+        typer: Typer | None = None,
     ) -> None:
         super().__init__(autowrap_functions=tuple(autowrap))
+        self.typer = typer
         self.leaf_types = tuple(t for t in leaf_modules if isinstance(t, type))
         self.leaf_names = {t for t in leaf_modules if isinstance(t, str)}
         self.stack: list[str] = []
@@ -151,20 +158,12 @@ class Tracer(fx.Tracer):
     def _typed_shape(self, node: fx.Node) -> tuple[int, ...] | None:
         """The output shape by the operator registry's rule when the call is a typed operator (fast: meta
         kernels of many torch ops run Python decompositions), else None."""
-        if node.op not in ("call_module", "call_function", "call_method"):
+        if self.typer is None or node.op not in ("call_module", "call_function", "call_method"):
             return None
-        from ..ir import Node
-        from ..ops import get
-        from .fx_calls import convert_call
-        from .fx_convert import Unsupported, convert_module
-
-        try:
-            if node.op == "call_module":
-                kind, attrs, inputs, _ = convert_module(self.root.get_submodule(str(node.target)), node)
-            else:
-                kind, attrs, inputs, _ = convert_call(self.root, node)  # type: ignore[arg-type]
-        except (Unsupported, KeyError, TypeError, IndexError, ValueError, AttributeError):
+        typed = self.typer(self.root, node)
+        if typed is None:
             return None
+        kind, attrs, inputs, _ = typed
         shapes = [static_shape(i) for i in inputs]
         if kind == "getitem" or any(s is None for s in shapes):
             return None
@@ -230,12 +229,13 @@ def trace(
     leaf_modules: Sequence[type[nn.Module] | str] = (),
     wrap_functions: Sequence[Callable[..., Any]] = (),
     input_shapes: Sequence[tuple[int, ...]] | None = None,
+    typer: Typer | None = None,
 ) -> fx.GraphModule:
     """Symbolically trace ``module`` (with static shapes when ``input_shapes`` is given).
 
     On failure raise a CompileError naming the innermost submodule and the escape hatch to use.
     """
-    tracer = Tracer(leaf_modules, wrap_functions, input_shapes)
+    tracer = Tracer(leaf_modules, wrap_functions, input_shapes, typer)
     # tracing runs the forward's Python code on real buffers (a train-mode `num_batches_tracked.add_(1)`):
     # put them back so compiling never changes the user's module
     saved = [(b, b.clone()) for b in module.buffers()]
