@@ -225,6 +225,10 @@ def test_a_failed_report_is_completed_without_searching_again(tmp_path: Path, ca
     assert (run / "model.pt").read_bytes() == model
     assert main(["report", str(run), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["rows"][0]["name"] == "all-shared"
+    flip_bit(run / "report.json", 0.5)
+    fails(capsys, ["report", str(run)], f"{run / 'report.json'}: damaged", "--resume` writes it again")
+    assert search(config, run, "--resume") == 0 and meta(run)["status"] == "done"  # still nothing trained again
+    assert main(["report", str(run)]) == 0 and "| searched |" in capsys.readouterr().out
 
 
 # --- failures: one line; before the first step nothing is left, after it status failed -------------------

@@ -140,11 +140,13 @@ class RunDir:
     def _remedy(self, name: str) -> str:
         if name == "config.yaml":
             return "put back the config the run was started with, or start anew with another --out"
+        resume = f"`automtl search {self / 'config.yaml'} --out {self.path} --resume`"
+        if name.startswith("report.") and self.meta().get("searched"):
+            return f"{resume} writes it again (without searching again)"
         good = self.good_checkpoint()
         if good is None:
             return f"no intact checkpoint is left: start the run anew (another --out, or delete {self.path})"
         where, steps = good
-        resume = f"`automtl search {self / 'config.yaml'} --out {self.path} --resume`"
         if where.name == CHECKPOINT:
             return f"{resume} makes it again from the last good checkpoint ({where}, after {steps} steps)"
         return (f"the last good checkpoint is {where} (after {steps} steps): `mv {where} {self / CHECKPOINT}`, "

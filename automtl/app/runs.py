@@ -330,7 +330,7 @@ def _report(cfg: RunConfig, run: RunDir, searched: Searched, tasks: Mapping[str,
     if rank == 0:
         run.put_text("report.json", json.dumps(report, indent=1) + "\n")
         run.put_text("report.md", report_markdown(report, title))
-        run.write_meta(status="done", error=None, baselines=None, pid=None)
+        run.write_meta(status="done", error=None, pid=None)
     return report
 
 
