@@ -125,7 +125,8 @@ def _index(node: fx.Node, x: Any, index: Any) -> Plain:
         items[at : at + 1] = [slice(None)] * (len(shape) - used)
     else:
         items += [slice(None)] * (len(shape) - used)
-    picks = [(d, it) for d, it in enumerate(it for it in items if it is not None) if isinstance(it, int)]
+    picks = [(d, it) for d, it in enumerate(it for it in items if it is not None)
+             if isinstance(it, int) and not isinstance(it, bool)]
     if picks and len(picks) == 1 and len(items) == len(shape) and all(
             it == slice(None) for it in items if not isinstance(it, int)) and 0 < picks[0][0]:
         d, i = picks[0]  # `x[:, 0]`: one integer index drops its axis
@@ -183,6 +184,7 @@ def _getitem(node: fx.Node) -> Plain:
 # --- dispatch ----------------------------------------------------------------------------------------
 def _unary(args: tuple[Any, ...], kwargs: dict[str, Any]) -> fx.Node:
     """The input of ``f(x)`` / ``f(x, inplace)`` / ``f(x, inplace=...)``; in place or not, the value is the same."""
+    kwargs = {k: v for k, v in kwargs.items() if not (k == "approximate" and v == "none")}  # F.gelu's default
     if len(args) > 2 or (len(args) == 2 and not isinstance(args[1], bool)) or any(k != "inplace" for k in kwargs):
         raise Unsupported
     return args[0]
