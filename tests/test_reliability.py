@@ -521,3 +521,44 @@ def test_an_impossible_run_directory_name_is_one_short_line(tmp_path: Path, caps
         err = fails(capsys, ["search", str(config), "--out", str(out), "--quiet"], "File name too long", " ... ")
         assert len(err) < 600, len(err)  # the name is shown by its start and end, not echoed whole
     assert list(tmp_path.iterdir()) == [config]
+
+
+# --- the integrity module on its own ------------------------------------------------------------------------
+
+
+def test_a_staged_file_that_does_not_read_back_leaves_the_old_one_and_no_temporaries(tmp_path: Path) -> None:
+    from automtl.app.integrity import RunError, StagedFile, file_record
+
+    dest = tmp_path / "f.json"
+    dest.write_text('{"old": 1}')
+
+    def check(path: Path) -> None:
+        json.loads(path.read_text())
+
+    with pytest.raises(RunError, match="does not read back"), StagedFile(dest) as staged:
+        staged.path.write_text('{"new": ')
+        staged.seal(check)
+        staged.commit()
+    assert dest.read_text() == '{"old": 1}' and sorted(p.name for p in tmp_path.iterdir()) == ["f.json"]
+    with StagedFile(dest) as staged:
+        staged.path.write_text('{"new": 2}')
+        record = staged.seal(check)
+        staged.commit(keep=tmp_path / "f.prev.json")
+    assert record == file_record(dest) and (tmp_path / "f.prev.json").read_text() == '{"old": 1}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.json", "f.prev.json"]
+
+
+def test_a_dir_lock_names_its_holder_and_is_free_once_released(tmp_path: Path) -> None:
+    from automtl.app.integrity import DirLock, RunError
+
+    file = tmp_path / "run.lock"
+    lock = DirLock.acquire(file, "the run")
+    assert lock.created and DirLock.holder(file) == f"pid {os.getpid()}"
+    with pytest.raises(RunError, match=f"the run: in use by another automtl process \\(pid {os.getpid()}"):
+        DirLock.acquire(file, "the run")  # another open file of the same process is another holder
+    lock.release()
+    assert DirLock.holder(file) is None
+    again = DirLock.acquire(file, "the run")
+    assert not again.created
+    again.release(remove=True)
+    assert not file.exists()
