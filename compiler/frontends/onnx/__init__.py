@@ -19,12 +19,11 @@ from __future__ import annotations
 from typing import Any
 
 from . import nn_ops, resize, symbolic, tensor_ops  # noqa: F401 - they register their handlers
-from .common import BATCH, OnnxConstant
+from .common import BATCH
 from .reader import MIN_OPSET, Reader, from_onnx, max_opset
 from .table import HANDLERS, SUPPORTED_OPS, VERSIONS
 
-__all__ = ["BATCH", "HANDLERS", "MIN_OPSET", "OnnxConstant", "Reader", "SUPPORTED_OPS", "VERSIONS", "from_onnx",
-           "max_opset"]
+__all__ = ["BATCH", "HANDLERS", "MIN_OPSET", "Reader", "SUPPORTED_OPS", "VERSIONS", "from_onnx", "max_opset"]
 
 
 def __getattr__(name: str) -> Any:

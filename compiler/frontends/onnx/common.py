@@ -1,5 +1,5 @@
 """Small pieces every part of the ONNX frontend shares: the symbolic batch size, attribute and
-tensor conversion, element types, and the constant module computed values are combined with."""
+tensor conversion, element types and node names."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 
 class _Batch:
@@ -25,17 +24,6 @@ BATCH = _Batch()
 FLOAT_TYPES = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16"}
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "float64": torch.float64,
                 "bfloat16": torch.bfloat16}
-
-
-class OnnxConstant(nn.Module):
-    """A constant tensor of the ONNX model that a computed value is combined with."""
-
-    def __init__(self, value: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("value", value)
-
-    def forward(self) -> torch.Tensor:
-        return self.value
 
 
 def attrs(node: Any) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .common import is_sym, to_torch
+from .fusion import fold_affine, group_norm_from_instance_norm
 from .table import handles
 
 if TYPE_CHECKING:
@@ -229,8 +230,10 @@ def _instance_norm(r: Reader, node: Any, a: dict[str, Any]) -> None:
     c = shape[1]
     tensors = {"weight": _sized(r, weight(r, node, 1, "scale"), c, "scale"),
                "bias": _sized(r, weight(r, node, 2, "bias"), c, "bias")}
-    attrs = {"num_features": c, "eps": float(a.get("epsilon", 1e-5)), "affine": True}
-    r.out(r.add("instance_norm", attrs, [x], tensors))
+    eps = float(a.get("epsilon", 1e-5))
+    if group_norm_from_instance_norm(r, node, eps, tensors["weight"], tensors["bias"]):
+        return
+    r.out(r.add("instance_norm", {"num_features": c, "eps": eps, "affine": True}, [x], tensors))
 
 
 @handles("GroupNormalization")
@@ -368,7 +371,7 @@ _BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Sum": "add",
 def _binary(r: Reader, node: Any, a: dict[str, Any]) -> None:
     kind = _BINARY[node.op_type]
     ins = [i for i in node.input if i]
-    if node.op_type == "Add" and _matmul_bias(r, node):
+    if (node.op_type == "Add" and _matmul_bias(r, node)) or fold_affine(r, node):
         return
     if len(ins) == 1:
         r.out(r.tensor(ins[0]))

@@ -8,6 +8,7 @@ constants the IR holds are float32). Op-specific work is in the handler modules,
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,12 @@ from ...errors import CompileError, Source
 from ...ir import Graph, Node
 from ...ops import get as get_kind
 from ...passes import prune, run_all
-from .common import FLOAT_TYPES, OnnxConstant, attrs, clean_name, fmt, is_sym, settle, to_torch
+from .common import FLOAT_TYPES, TORCH_DTYPES, attrs, clean_name, fmt, is_sym, settle, to_torch
 from .load import ModelLike, check, load
 from .table import HANDLERS, SUPPORTED_OPS, SYMBOLIC, VERSIONS
 
 MIN_OPSET = 7
+_STATE_DICT_NAME = re.compile(r"[A-Za-z_]\w*(\.\w+)*")
 
 
 def max_opset() -> int:
@@ -63,7 +65,10 @@ class Reader:
         self.dtypes: dict[str, str] = {}  # IR node -> element type of its value
         self.uses: dict[str, int] = {}
         self.static_batch: set[int] = set()  # batch sizes fixed in the file (Reshape may spell them out)
-        self.graph_inputs = {i.name for i in proto.graph.input} - {t.name for t in proto.graph.initializer}
+        self.fused: dict[str, str] = {}  # grouped view of a fused group norm -> the group norm (fusion.py)
+        self.affine: dict[str, str] = {}  # fused group norm -> the affine step it may still absorb
+        self.initializers = {t.name for t in proto.graph.initializer}
+        self.graph_inputs = {i.name for i in proto.graph.input} - self.initializers
         self.weights = self._weights(weights or {})
         self.node: Any = None
         self.src: Source | None = None
@@ -345,13 +350,20 @@ class Reader:
         return None
 
     def tensor(self, name: str) -> str:
-        """The IR node computing input ``name`` (a constant becomes a constant node)."""
+        """The IR node computing input ``name``: a constant becomes a ``parameter`` node.
+
+        It is learnable (a counted parameter) when it is an initializer under a state-dict name
+        (``gamma``, ``blocks.0.gamma``: what torch exports an ``nn.Parameter`` as), a buffer
+        otherwise (``onnx::Mul_68``, ``/Constant_output_0``, a ``Constant`` node).
+        """
         if name in self.values:
             return self.values[name]
         value = self.const(name, "input")
         dtype = FLOAT_TYPES.get(_onnx_type(value), "float32")
-        attrs_ = {"target": OnnxConstant(to_torch(value, dtype)), "args": (), "kwargs": {}}
-        ir = self.add("opaque", attrs_, [], hint=name, dtype=dtype)
+        learnable = name in self.initializers and _STATE_DICT_NAME.fullmatch(name) is not None
+        attrs_ = {"shape": tuple(value.shape), "view": tuple(value.shape), "learnable": learnable,
+                  "dtype": TORCH_DTYPES[dtype]}
+        ir = self.add("parameter", attrs_, [], {"value": value}, hint=name, dtype=dtype)
         self.values[name] = ir
         return ir
 

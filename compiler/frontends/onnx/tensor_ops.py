@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .common import BATCH, FLOAT_TYPES, is_sym, settle
+from .fusion import ungrouped
 from .table import handles
 
 if TYPE_CHECKING:
@@ -65,6 +66,9 @@ def reshape_to(r: Reader, x: str, target: Sequence[Any], allowzero: bool) -> str
     rest = [sample // known if d == -1 else d for d in rest]
     if list(shape[1:]) == rest:
         return x
+    gn = ungrouped(r, x, rest)
+    if gn is not None:
+        return gn
     if len(rest) == 1 and len(shape) > 1:
         return r.add("flatten", {"start_dim": 1, "end_dim": -1}, [x])
     return r.add("reshape", {"shape": rest}, [x])
