@@ -201,6 +201,12 @@ def test_bad_shapes_refused_by_node_name(nodes: list, inits: dict, match: str) -
     assert "\n" not in str(info.value)
 
 
+def test_zero_sized_weight_refused() -> None:
+    conv = helper.make_node("Conv", ["x", "W"], ["y"], name="conv1")
+    model = make_model([conv], {"x": (1, 3, 4, 4)}, ["y"], {"W": np.zeros((0, 3, 1, 1), np.float32)})
+    refused(model, r"Conv 'conv1': gives an empty tensor of shape \[1, 0, 4, 4\]")
+
+
 def test_corrupt_initializer_named() -> None:
     model = conv_model()
     model.graph.initializer[0].raw_data = model.graph.initializer[0].raw_data[:-4]  # one float short

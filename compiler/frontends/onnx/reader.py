@@ -404,6 +404,8 @@ class Reader:
         ir = Node(self._unique(hint), kind, inputs=inputs, attrs=attrs, source=self.src, tensors=t)
         self.graph.add(ir)
         ir.shape = get_kind(kind).infer(ir, [self.graph[i].shape for i in inputs])
+        if kind != "parameter" and 0 in ir.shape:
+            raise self.error(f"gives an empty tensor of shape {list(ir.shape)}", "a zero-sized weight or axis?")
         self.dtypes[ir.name] = dtype or (types[0] if types else "float32")
         return ir.name
 
