@@ -29,6 +29,7 @@ from automtl.app.config import (
     resources,
     strategy_options,
 )
+from automtl.app.config.strategies import strategy_names
 from automtl.search import SearchConfig, search
 
 TINY = """\
@@ -83,13 +84,13 @@ def test_strategy_defaults_to_automtl_and_round_trips(tmp_path: Path) -> None:
 def test_strategy_options_lookup() -> None:
     assert strategy_options("automtl") is SearchConfig
     with pytest.raises(ConfigError) as info:
-        strategy_options("mpnaz")
-    assert str(info.value) == "unknown search strategy 'mpnaz'; known: automtl"
+        strategy_options("zzz")
+    assert str(info.value) == f"unknown search strategy 'zzz'; known: {', '.join(strategy_names())}"
 
 
 @pytest.mark.parametrize(("text", "needle", "piece"), [
     ("search:\n  strategy: automtl2\n", "automtl2",
-     "search.strategy: unknown search strategy 'automtl2'; did you mean 'automtl'? known: automtl"),
+     "search.strategy: unknown search strategy 'automtl2'; did you mean 'automtl'? known: automtl"),  # , <others>
     ("search:\n  strategy: automtl\n  warmup_step: 3\n", "warmup_step",
      "unknown key 'warmup_step' in search; did you mean 'warmup_steps'?"),
     ("search:\n  strategy: 3\n", "strategy", "search.strategy: expected a string, got an int 3"),
@@ -97,7 +98,7 @@ def test_strategy_options_lookup() -> None:
 def test_strategy_errors(tmp_path: Path, text: str, needle: str, piece: str) -> None:
     full = TINY + text
     path, message = load_error(tmp_path, full)
-    assert message == f"{path}:{line_of(full, needle)}: {piece}"
+    assert message.startswith(f"{path}:{line_of(full, needle)}: {piece}"), message
 
 
 def test_run_config_checks_the_strategy_options_type() -> None:
@@ -385,6 +386,9 @@ def test_long_trunk_output_is_capped_at_build(tmp_path: Path) -> None:
      "it needs at least 6 items"),
     (TINY + "search: {split_fractions: [0.0, 0.5, 0.5]}\n", "split_fractions",
      "search.split_fractions: the 'weights' fraction must be in (0, 1], got 0.0"),
+    (TINY + "search: {split_fractions: [0.5, 0.5, 1.0e-300]}\n", "images",
+     "data.images: 8 images split by search.split_fractions [0.5, 0.5, 1e-300] leave the 'val' split empty; "
+     "it needs about 1e+300 items"),
     (TINY + "search: {split_fractions: [0.6, 0.6, 0.2]}\n", "split_fractions",
      "search.split_fractions: [0.6, 0.6, 0.2] sum to 1.4, more than 1"),
     (TINY + "search: {weighting: uncertainy}\n", "uncertainy",
@@ -448,6 +452,13 @@ def test_memory_guard_refuses_with_the_estimate(tmp_path: Path, eight_gib: None,
     assert "GiB of memory (" in message and "but this machine has 8.0 GiB (test)" in message
     for piece in pieces:
         assert piece in message, message
+
+
+def test_memory_guard_counts_the_digit_pool_before_making_it(tmp_path: Path, eight_gib: None, no_cuda: None) -> None:
+    text = ("backbone: {name: tiny_cnn, input_shape: [1, 2048, 4096], trunk_output: block}\n"
+            "tasks:\n  left: {kind: classification}\ndata: {name: multi_digits, images: 8}\nsearch: {batch_size: 1}\n")
+    path, message = load_error(tmp_path, text)
+    assert "digit pool of 1348 images of 2048x2048: 21.1 GiB" in message and "this machine has 8.0 GiB" in message
 
 
 def test_memory_guard_can_be_skipped_to_read_a_run(tmp_path: Path, eight_gib: None) -> None:

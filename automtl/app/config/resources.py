@@ -20,7 +20,7 @@ configs that cannot run; passing it does not promise a config fits. It adds, in 
   ``amp``), plus the dense heads' feature maps;
 * the *data index*: the built-in datasets render items lazily, but the split keeps a permutation
   of all indices, :data:`BYTES_PER_INDEX` bytes an item (an int64 tensor, a list of Python ints,
-  the subsets' lists).
+  the subsets' lists); ``multi_digits`` also keeps its digits upscaled to the image size.
 
 Parameters and activations are compared with the search device's memory (the GPU's for CUDA),
 the data index with the host's (``os.sysconf``, else ``/proc/meminfo``, lowered by a cgroup v2
@@ -48,6 +48,9 @@ __all__ = [
 
 BYTES_PER_INDEX = 56
 """Host bytes the (weights, policy, val) split keeps per dataset item."""
+
+DIGITS = 1797
+"""Images in scikit-learn's digits, the source of ``multi_digits``."""
 
 SPLIT_NAMES = ("weights", "policy", "val")
 
@@ -87,10 +90,11 @@ def check_splits(ctx: Ctx, at: KeyPath, what: str, n: int, fractions: Sequence[f
     if min(sizes, default=1) >= 1:
         return
     empty = _names(len(frs))[sizes.index(0)]
-    limit = math.floor(1 / min(frs)) + 2
-    need = next((m for m in range(n + 1, limit + 1) if min(split_sizes(m, frs)) >= 1), limit)
+    # the smallest size that fills every split, looked for a bounded while (a tiny fraction needs ~1/f items)
+    need = next((f"at least {m}" for m in range(n + 1, n + 100_001) if min(split_sizes(m, frs)) >= 1),
+                f"about {1 / min(frs):.3g}")
     raise ctx.error(at, f"{what} split by search.split_fractions {frs} leave{'s' if n == 1 else ''} the '{empty}' "
-                        f"split empty; it needs at least {need} items")
+                        f"split empty; it needs {need} items")
 
 
 # machine memory --------------------------------------------------------------------------------
@@ -189,6 +193,7 @@ def estimate(ctx: Ctx, cfg: Any, out_channels: Mapping[str, int], n_items: int |
     if n_items is not None:
         parts.append(Part(f"data index of {n_items} items", n_items * BYTES_PER_INDEX, ctx.first(("data", "images"),
                           ("data",)), f"lower data.images ({n_items})", on_device=False))
+        parts += _digit_pool(ctx, cfg, n_items)
     name = b.name
     stamp = Path(name).stat().st_mtime if Path(name).is_file() else 0.0
     trunk = _trunk(name, tuple(b.input_shape), b.trunk_output, stamp)
@@ -224,6 +229,24 @@ def estimate(ctx: Ctx, cfg: Any, out_channels: Mapping[str, int], n_items: int |
         parts.append(Part(f"tasks.{t} head parameters", p * 4 * copies, at, fix))
         parts.append(Part(f"tasks.{t} head activations", a * batch * act_bytes, at, fix))
     return parts
+
+
+def _digit_pool(ctx: Ctx, cfg: Any, n_items: int) -> list[Part]:
+    """``multi_digits`` keeps its split of the 1,797 scikit-learn digits upscaled to ``size`` x ``size`` (float32)
+    and two int64 pair indices an item; made when the dataset is, so estimated before the config constructs it."""
+    if cfg.data.factory is not None or cfg.data.name != "multi_digits":
+        return []
+    from .build import dataset_kwargs
+
+    kwargs = dataset_kwargs(cfg)
+    size, test = kwargs.get("size", 32), kwargs.get("test_fraction", 0.25)
+    if not (isinstance(size, int) and isinstance(test, float) and 0 < test < 1):
+        return []  # constructing the dataset names what is wrong
+    share = test if kwargs.get("split", "train") == "test" else 1 - test
+    images = round(share * DIGITS)
+    at = ctx.first(("data", "size"), ("backbone", "input_shape"), ("data",))
+    return [Part(f"digit pool of {images} images of {size}x{size}", images * size * size * 4 + n_items * 16, at,
+                 f"lower the image size ({size})", on_device=False)]
 
 
 def check_memory(ctx: Ctx, cfg: Any, out_channels: Mapping[str, int], n_items: int | None) -> None:

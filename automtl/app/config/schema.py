@@ -98,8 +98,6 @@ def from_dict(data: Any, ctx: Ctx, source: Path | None, memory: bool = True) -> 
     cfg = RunConfig(backbone, tasks, data_cfg, search, seed=seed, device=device, amp=amp, baselines=baselines,
                     checkpoint_every=checkpoint_every, strategy=strategy, source=source)
     cfg._ctx = ctx  # type: ignore[attr-defined] # lines for messages at build time (not a field)
-    if not factory:
-        _check_data(ctx, cfg, data_section)
     out_channels = {name: _check_task(ctx, cfg, name) for name in tasks}
     n_items = None if factory else cfg.data.options.get("n", DEFAULT_IMAGES)
     fractions = getattr(cfg.search, "split_fractions", None)
@@ -110,6 +108,8 @@ def from_dict(data: Any, ctx: Ctx, source: Path | None, memory: bool = True) -> 
                          f"data.images: {n_items} image{'s' if n_items != 1 else ''}", n_items, fractions)
     if memory:
         check_memory(ctx, cfg, out_channels, n_items)
+    if not factory:  # constructs the dataset empty: after the memory check (multi_digits makes its digit pool)
+        _check_data(ctx, cfg, data_section)
     return cfg
 
 
