@@ -26,7 +26,7 @@ BUDGET_MODES = ("max", "target")
 
 def sharing_regularizer(
     probs: torch.Tensor, depths: Sequence[int] | torch.Tensor, sharpness: float = 6.0,
-    shared: Sequence[int] | torch.Tensor | None = None,
+    shared: Sequence[int] | torch.Tensor | None = None, floor: float = 0.0,
 ) -> torch.Tensor:
     """AutoMTL's prior towards sharing the lower layers, unweighted (multiply by ``λ_policy``).
 
@@ -36,7 +36,8 @@ def sharing_regularizer(
     :func:`shared_columns`; column 0 when not given). The shallower a node, the more it costs a
     task to leave the shared option there; the deepest nodes are free. A column a node does not
     offer has ``g = 0`` (the policy masks it) and still counts ``softplus(−s·g_sh)``; a node
-    without a shared option (``sh = −1``) is not regularized.
+    without a shared option (``sh = −1``) is not regularized. ``floor`` lifts every node's weight to
+    ``floor + (1 − floor)·(D − d_v)/D`` (AutoMTL: 0), so the deepest nodes too break ties towards sharing.
     """
     if probs.dim() != 3:
         raise ValueError(f"probs must be (tasks, nodes, options), got {tuple(probs.shape)}")
@@ -48,7 +49,7 @@ def sharing_regularizer(
     top = d.max()
     if not bool(top > 0):
         raise ValueError(f"node depths must be >= 1, got {d.tolist()}")
-    weight = (top - d) / top  # (V,)
+    weight = floor + (1 - floor) * (top - d) / top  # (V,)
     V, K = probs.shape[1:]
     sh = torch.zeros(V, dtype=torch.long) if shared is None else torch.as_tensor(shared, dtype=torch.long)
     has = (sh >= 0).to(probs.device)

@@ -8,12 +8,15 @@ machinery (data, AMP, data parallelism, bars, checkpoints) is :class:`~automtl.s
 ``Searcher.run(stop_after=k, checkpoint=path)`` stops after ``k`` steps and saves a checkpoint;
 ``Searcher.resume(path, model, tasks, data).run()`` goes on bit for bit (:mod:`automtl.search.checkpoint`).
 
-* warm-up: weights only, every branch mixed uniformly (``mode="warmup"``); ends with
-  ``model.fill_specific()`` so every task's specific branch starts from the trained shared one;
+* warm-up: weights only; by default each step every task takes a uniformly random option at
+  every node (``warmup_paths="sample"``), so each branch is trained alone and the specific
+  branches (copies of the shared ones at the start) specialise to their task before the policy
+  search compares them; ``"mix"`` is AutoMTL's uniform mixture, ending with ``fill_specific()``;
 * policy search: alternately ``N`` weight steps on the *weights* split (Gumbel-softmax gates,
   gradients to the weights only) and ``M`` policy steps on the *policy* split (logits only,
-  task losses + ``λ_policy ·`` sharing regularizer + budget penalty); τ decays by a factor every
-  ``tau_interval`` policy steps;
+  task losses + ``λ_policy ·`` sharing regularizer on the same Gumbel-softmax sample + budget
+  penalty); τ decays by a factor every ``tau_interval`` policy steps; the policy's logit gaps and
+  entropies are logged after every policy step (``history["policy"]``);
 * derive: the argmax architecture, or the best on validation of the argmax and ``k`` samples;
   with a budget, then fitted to it (a spread policy's argmax can miss a budget its expected
   cost meets);
@@ -64,6 +67,10 @@ class SearchConfig(TrainConfig):
 
     # stage lengths, in optimiser steps
     warmup_steps: int = 200
+    # "sample": each warm-up step every task takes a uniformly random option at every node, so each
+    # branch is trained alone (specific branches start as copies of the shared ones and specialise);
+    # "mix": AutoMTL's uniform mixture of the branches, specific branches copied from shared at the end
+    warmup_paths: str = "mix"
     search_iterations: int = 500  # rounds of (weight_steps_per_iter, policy_steps_per_iter)
     weight_steps_per_iter: int = 1  # N
     policy_steps_per_iter: int = 1  # M
@@ -71,17 +78,19 @@ class SearchConfig(TrainConfig):
     finetune_lr: float | None = None  # None: weight_lr
     # policy optimiser (Adam on the logits)
     policy_lr: float = 1e-2
-    policy_weight_decay: float = 0.0
-    # Gumbel-softmax temperature: tau_start * tau_decay ** (policy_step // tau_interval), >= tau_min
+    policy_weight_decay: float = 5e-4  # AutoMTL's
+    # Gumbel-softmax temperature: tau_start * tau_decay ** (policy_step // tau_interval), >= tau_min;
+    # tau_interval None: 1/50 of the search's policy steps, so tau anneals 50 times (5 -> 0.84) whatever its length
     tau_start: float = 5.0
     tau_decay: float = 0.965
-    tau_interval: int = 100
+    tau_interval: int | None = None
     tau_min: float = 0.0
     search_mode: str = "soft"  # gates of the weight steps: "soft" or "hard" (straight-through)
     policy_mode: str = "soft"  # gates of the policy steps
     # regularizers
-    lambda_policy: float = 5e-4
+    lambda_policy: float = 5e-3  # AutoMTL's 5e-4 let identical tasks split (docs/quality.md)
     sharpness: float = 6.0
+    sharing_floor: float = 0.2  # the deepest node's prior weight (AutoMTL: 0), see sharing_regularizer
     budget_target: float | None = None  # fraction of T separate backbones, in (0, 1]
     budget_kind: str = "params"  # "params" or "flops"
     budget_weight: float = 1.0
@@ -97,12 +106,13 @@ class SearchConfig(TrainConfig):
         for name in ("warmup_steps", "search_iterations", "weight_steps_per_iter", "policy_steps_per_iter",
                      "finetune_steps"):
             self._check(name, _int(getattr(self, name), 0), "an int >= 0")
-        for name in ("tau_interval", "sample_k"):
-            self._check(name, _int(getattr(self, name), 1), "an int >= 1")
+        self._check("sample_k", _int(self.sample_k, 1), "an int >= 1")
+        self._check("tau_interval", self.tau_interval is None or _int(self.tau_interval, 1), "None or an int >= 1")
         for name in ("policy_lr", "tau_start"):
             self._check(name, _number(getattr(self, name), 0, True), "a finite number > 0")
         self._check("finetune_lr", self.finetune_lr is None or _number(self.finetune_lr, 0, True),
                     "None or a finite number > 0")
+        self._check("sharing_floor", _number(self.sharing_floor, 0) and self.sharing_floor <= 1, "a number in [0, 1]")
         for name in ("policy_weight_decay", "lambda_policy", "sharpness", "budget_weight", "tau_min"):
             self._check(name, _number(getattr(self, name), 0), "a finite number >= 0")
         self._check("tau_decay", isinstance(self.tau_decay, int | float) and 0 < self.tau_decay <= 1,
@@ -112,6 +122,7 @@ class SearchConfig(TrainConfig):
                     "None or a fraction in (0, 1] of T separate backbones")
         choices = {
             "search_mode": ("soft", "hard"), "policy_mode": ("soft", "hard"), "budget_kind": COST_KINDS,
+            "warmup_paths": ("sample", "mix"),
             "budget_mode": BUDGET_MODES, "derive": ("argmax", "sample"), "finetune_from": ("supermodel", "scratch"),
         }
         for name, allowed in choices.items():
@@ -130,9 +141,18 @@ def _number(v: Any, low: float, strict: bool = False) -> bool:
     return ok and (v > low if strict else v >= low)
 
 
+def _rounded(t: torch.Tensor) -> list[list[float]]:
+    return [[round(float(v), 5) for v in row] for row in t.detach().cpu()]
+
+
 def temperature(policy_step: int, config: SearchConfig) -> float:
-    """τ after ``policy_step`` policy steps: ``max(tau_min, tau_start · tau_decay^(step // tau_interval))``."""
-    return max(config.tau_min, config.tau_start * config.tau_decay ** (policy_step // config.tau_interval))
+    """τ after ``policy_step`` policy steps: ``max(tau_min, tau_start · tau_decay^(step // tau_interval))``.
+
+    ``tau_interval=None`` is 1/50 of the search's policy steps (at least 1)."""
+    interval = config.tau_interval
+    if interval is None:
+        interval = max(1, config.search_iterations * config.policy_steps_per_iter // 50)
+    return max(config.tau_min, config.tau_start * config.tau_decay ** (policy_step // interval))
 
 
 @dataclass
@@ -202,7 +222,7 @@ class Searcher(Loop):
         self.weight_step = 0
         self.register_attributes("steps", ["weight_step", "policy_step"])
         self.streams = {k: self.register(f"stream_{k}", Stream(self.loaders[k], k)) for k in ("weights", "policy")}
-        self.history = {s: [] for s in ("warmup", "search", "derive", "finetune", "val")}
+        self.history = {s: [] for s in ("warmup", "search", "policy", "derive", "finetune", "val")}
         self.architecture: Architecture | None = None
         self.register("architecture", _ArchitectureState(self))
         self.derived: MultiTaskModel | None = None
@@ -227,7 +247,10 @@ class Searcher(Loop):
         params = self.model.weight_parameters() + list(self.weighting.parameters())
         with self.only(params, self.weighting):
             with self.autocast():
-                out = self.model(x, mode=mode, tau=self.tau())
+                if mode == "warmup" and self.config.warmup_paths == "sample":
+                    out = self.model(x, gates=self._uniform_path())
+                else:
+                    out = self.model(x, mode=mode, tau=self.tau())
                 losses = self.task_losses(out, targets, step)
             self.weight_step += 1
             if all(v is None for v in losses.values()):
@@ -236,6 +259,13 @@ class Searcher(Loop):
                                        model=self.model, stage=stage, step=step, weighting=self.weighting,
                                        shared=self._shared())
         return {"step": step, "loss": dist_utils.mean_losses(losses), "total": dist_utils.mean_scalar(total)}
+
+    def _uniform_path(self) -> torch.Tensor:
+        """One-hot gates of a uniformly random option per task and node (warm-up by sampled paths)."""
+        policy = self.model.policy
+        probs = (policy.mask / policy.mask.sum(-1, keepdim=True)).expand_as(policy.logits)
+        pick = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1).view(probs.shape[:-1])
+        return policy.one_hot(pick.to(policy.logits.device))
 
     def _shared(self) -> list[torch.nn.Parameter]:
         heads = {id(p) for p in self.model.heads.parameters()}
@@ -251,11 +281,15 @@ class Searcher(Loop):
         tau = self.tau()
         params = self.model.policy_parameters()
         with self.only(params, self.weighting):
+            gates = self.model.policy.gates(c.policy_mode, tau)
             with self.autocast():
-                out = self.model(x, mode=c.policy_mode, tau=tau)
+                out = self.model(x, gates=gates)
                 losses = self.task_losses(out, targets, step)
             probs = self.model.policy.probabilities()
-            reg = (sharing_regularizer(probs, self.depths, c.sharpness, self.shared_cols) if self.model.choices
+            # the sharing prior sees the same relaxed sample as the task losses (AutoMTL), so both
+            # reach the logits through the Gumbel-softmax at temperature tau
+            reg = (sharing_regularizer(gates, self.depths, c.sharpness, self.shared_cols, c.sharing_floor)
+                   if self.model.choices
                    else probs.sum() * 0)
             if c.budget_target is not None:
                 ratio = self.cost.ratio(probs)
@@ -271,19 +305,39 @@ class Searcher(Loop):
                                        stage="search", step=step, extra=task_total + c.lambda_policy * reg + budget,
                                        clip=False)
         self.policy_step += 1
+        self._log_policy()
         return {"step": step, "tau": tau, "loss": dist_utils.mean_losses(losses),
                 "total": dist_utils.mean_scalar(total), "sharing": float(reg.detach()),
                 "budget": float(budget.detach()), "cost_ratio": float(ratio.detach())}
+
+    @torch.no_grad()
+    def _log_policy(self) -> None:
+        """Per node and task: the gap between the two largest logits and the policy's entropy (nats).
+
+        A gap near 0 with an entropy near log(K) is a node still undecided; ``automtl show`` draws both.
+        """
+        policy = self.model.policy
+        logits = policy.logits.masked_fill(~policy.mask, float("-inf"))
+        top = logits.topk(min(2, logits.shape[-1]), dim=-1).values
+        gap = (top[..., 0] - top[..., 1]) if top.shape[-1] > 1 else torch.zeros_like(top[..., 0])
+        self.log("policy", {"step": self.policy_step, "nodes": [c.node for c in self.model.choices],
+                            "gap": _rounded(gap), "entropy": _rounded(policy.entropy())})
 
     # --- stages ---------------------------------------------------------------------------------
     def stages(self) -> list[Stage]:
         c = self.config
         return [
             Stage("warmup", c.warmup_steps, lambda a, b: self._warmup(a, b, c.warmup_steps),
-                  end=lambda: self.record_val("warmup", self.weight_step, self.validate(self.model, mode="warmup"))),
+                  end=lambda: self.record_val("warmup", self.weight_step, self._validate_warmup())),
             Stage("search", c.search_iterations * self._steps_per_iter(),
                   lambda a, b: self._search(a, b, c.search_iterations)),
         ]
+
+    def _validate_warmup(self) -> dict[str, Any]:
+        """After warm-up: the uniform mixture it trained ("mix"), or the all-shared path ("sample")."""
+        if self.config.warmup_paths == "mix":
+            return self.validate(self.model, mode="warmup")
+        return self.validate(self.model, self.model.uniform_architecture("shared"))
 
     def warmup(self, steps: int | None = None) -> list[dict[str, Any]]:
         """Train the weights with every branch mixed uniformly, then copy shared into specific."""
@@ -294,6 +348,8 @@ class Searcher(Loop):
     def _warmup(self, start: int, stop: int, steps: int) -> None:
         """Warm-up steps ``start .. stop - 1`` of ``steps``; the last one also fills the specific branches."""
         bar = self.stage_bar("warmup", steps, "warm-up", start)
+        if start == 0 and stop > 0:
+            self.model.fill_specific()  # specific branches are trained from the start, as copies of shared
         for i in range(start, stop):
             rec = self._weight_step(self.streams["weights"], "warmup", "warmup")
             if rec is not None:
@@ -302,7 +358,6 @@ class Searcher(Loop):
             tick(bar, rec)
         if stop == steps:
             self.end_bar("warmup")
-            self.model.fill_specific()
 
     def search(self, iterations: int | None = None) -> list[dict[str, Any]]:
         """Alternate N weight steps (weights split) and M policy steps (policy split), annealing τ."""
