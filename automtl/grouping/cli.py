@@ -5,8 +5,8 @@
     automtl group select val.csv --budget 2 --approx hoa --score-with test.csv --json
 
 ``group`` holds one sub-subcommand per job in :data:`SUBCOMMANDS`, each an (add_arguments, run) pair like the
-top-level commands; ``train`` (training the candidate networks of a config) is to be added there beside
-``select``. Bad input raises :class:`~automtl.grouping.table.GroupingError` (a ``ValueError``), which the
+top-level commands: ``select`` and ``train`` (training the candidate networks of a config into a run
+directory, :mod:`.run`). Bad input raises :class:`~automtl.grouping.table.GroupingError` (a ``ValueError``), which the
 top-level ``main`` prints as one line with exit code 2.
 """
 
@@ -112,15 +112,69 @@ def selection_text(sel: Selection) -> str:
     return "\n".join(lines)
 
 
+def _budgets(text: str) -> list[float]:
+    return [float(_budget(b)) for b in text.split(",") if b.strip()]
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    from .train import MODES
+
+    p.add_argument("config", metavar="CONFIG", help="a run configuration (.yaml/.toml): backbone, tasks, data")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="the run directory (new or empty; an earlier grouping run of the same config resumes)")
+    p.add_argument("--mode", choices=MODES, default="exhaustive",
+                   help="exhaustive: every subset; hoa: singles and pairs; esa: every subset for a fraction of the "
+                        "steps; tag: affinities of one joint run (default exhaustive)")
+    p.add_argument("--budgets", type=_budgets, default=None, metavar="B1,B2,...",
+                   help="budgets in full networks to select for (default 1 .. the number of tasks)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps of every network (default: the config's search.finetune_steps, else 200)")
+    p.add_argument("--esa-fraction", type=float, default=0.2, help="esa: the fraction of the steps (default 0.2)")
+    p.add_argument("--no-half", action="store_true", help="train no half-size networks")
+    p.add_argument("--tag-every", type=int, default=5, help="tag: steps between affinity records (default 5)")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def _train_run(args: argparse.Namespace) -> int:
+    import sys
+
+    from ..app.config import load_config
+    from .run import group_train
+    from .train import GroupTrainConfig
+
+    cfg = load_config(args.config)
+    steps = args.steps if args.steps is not None else int(getattr(cfg.search, "finetune_steps", 0) or 200)
+    options = GroupTrainConfig(steps=steps, esa_fraction=args.esa_fraction, half=not args.no_half,
+                               tag_every=args.tag_every)
+    log = None if args.quiet or args.json else (lambda m: print(m, file=sys.stderr, flush=True))
+    results = group_train(cfg, args.out, mode=args.mode, budgets=args.budgets, options=options, log=log)
+    if args.json:
+        print(json.dumps({"out": str(args.out), "results": [r.to_dict() for r in results]}))
+        return 0
+    print(f"{'budget':>6}  {'method':<10}  {'cost':>4}  {'test loss':>9}  {'train s':>7}  networks")
+    for r in results:
+        if r.selection is None:
+            print(f"{r.budget:>6g}  {r.method:<10}  {'-':>4}  {'-':>9}  {r.selection_seconds:>7.1f}  ({r.note})")
+            continue
+        nets = ", ".join(n.label() for n in r.selection.networks)
+        print(f"{r.budget:>6g}  {r.method:<10}  {r.selection.cost:>4g}  {r.selection.loss:>9.4g}  "
+              f"{r.selection_seconds:>7.1f}  {nets}")
+    print(f"tables and selections in {args.out}")
+    return 0
+
+
 SUBCOMMANDS: dict[str, SubCommand] = {
     "select": ("choose the networks that minimise the total loss within a budget (exact)",
                _select_arguments, _select_run),
-    # "train": trains the candidate networks of a config (full, half, ESA, HOA, TAG) into a run directory.
+    "train": ("train the candidate networks of a config (exhaustive, hoa, esa or tag) and select per budget",
+              _train_arguments, _train_run),
 }
 
 DESCRIPTION = (
     "Task grouping (Standley et al.): choose which tasks share a network under an inference budget. "
-    "`select` reads a table of trained networks' losses and prints the exact best selection."
+    "`select` reads a table of trained networks' losses and prints the exact best selection; `train` trains "
+    "the candidate networks of a config and selects per budget."
 )
 
 
