@@ -9,8 +9,9 @@
     automtl export runs/r1 --onnx
 
 To add a subcommand, put a :class:`Command` into :data:`COMMANDS`. ``run`` returns the exit code;
-:func:`main` turns a :class:`CompileError`, ``ValueError`` or ``FileNotFoundError`` into one line
-``automtl: error: <message>`` on stderr and exit code 2 (``--debug`` re-raises instead).
+:func:`main` turns a :class:`CompileError`, ``ValueError`` or ``OSError`` into one line
+``automtl: error: <message>`` on stderr and exit code 2 (``--debug`` re-raises instead), and
+Ctrl-C into one line and exit code 130.
 """
 
 from __future__ import annotations
