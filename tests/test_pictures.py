@@ -16,6 +16,7 @@ from automtl.app.pictures import (  # noqa: E402
     _label_step,
     _sharing_size,
     _similarity_size,
+    policy_picture,
     render_all,
     sharing_picture,
     similarity_matrix,
@@ -145,6 +146,40 @@ def test_training_curves_bad_input(tmp_path: Path) -> None:
         training_curves({"warmup": [{"loss": {"a": 1.0}}]}, tmp_path / "c.png")
 
 
+# --- policy -----------------------------------------------------------------------------------------
+
+
+def policy_history(steps: int = 6) -> dict[str, Any]:
+    """n1 decides for both tasks (the gap grows), n2 stays undecided for task b."""
+    recs = []
+    for k in range(steps):
+        recs.append({"step": k + 1,
+                     "gap": {"n1": {"a": 0.3 * k, "b": 0.2 * k}, "n2": {"a": 0.25 * k, "b": 0.01}},
+                     "entropy": {"n1": {"a": 1.0 - 0.1 * k, "b": 1.0 - 0.08 * k}, "n2": {"a": 0.9, "b": 1.09}}})
+    return {"policy": recs}
+
+
+def test_policy_picture_needs_policy_records(tmp_path: Path) -> None:
+    assert policy_picture(policy_history(), tmp_path / "p.png").read_bytes()[:8] == PNG_MAGIC
+    with pytest.raises(ValueError, match="no policy records"):
+        policy_picture({"policy": []}, tmp_path / "q.png")
+
+
+def test_policy_picture_title_says_how_many_are_undecided(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import automtl.app.pictures as pictures
+
+    titles: list[str] = []
+    real = pictures._save
+
+    def spy(fig, path):  # noqa: ANN001, ANN202
+        titles.append(fig._suptitle.get_text())
+        return real(fig, path)
+
+    monkeypatch.setattr(pictures, "_save", spy)
+    policy_picture(policy_history(), tmp_path / "p.png")
+    assert "1 of 4 (node, task) choices" in titles[0]
+
+
 # --- render_all -----------------------------------------------------------------------------------
 
 
@@ -155,6 +190,8 @@ def test_render_all(tmp_path: Path) -> None:
     result = SimpleNamespace(architecture=arch(), history=history())
     paths = render_all(result, tmp_path / "result")
     assert set(paths) == {"sharing", "similarity", "curves"}
+    result = SimpleNamespace(architecture=arch(), history={**history(), **policy_history()})
+    assert set(render_all(result, tmp_path / "policy")) == {"sharing", "similarity", "curves", "policy"}
     for p in paths.values():
         assert p.parent == tmp_path / "result" and p.read_bytes()[:8] == PNG_MAGIC
     with pytest.raises(TypeError, match="Architecture or a SearchResult"):

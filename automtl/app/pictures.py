@@ -3,7 +3,9 @@
 * :func:`sharing_picture` — each task's path over the choice nodes, shared / specific / skip coloured;
 * :func:`similarity_matrix` — the task-similarity (Jaccard) matrix as an annotated heatmap;
 * :func:`training_curves` — per-task training and validation loss across the search stages;
-* :func:`render_all` — all three into one folder.
+* :func:`policy_picture` — how the policy moved: per node and task, the logit gap and the entropy
+  over the policy steps (a search still undecided shows small gaps and high entropy at the end);
+* :func:`render_all` — all of them into one folder.
 
 Matplotlib (the ``data`` extra) is imported on first use and drawn with the non-interactive Agg
 canvas; no pyplot state is touched, so drawing is safe alongside other matplotlib users.
@@ -401,6 +403,37 @@ def training_curves(history: Mapping[str, Any], path: str | os.PathLike, tasks: 
 # --- all at once ----------------------------------------------------------------------------------
 
 
+def policy_picture(history: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Two heatmaps over the policy steps, one row per (node, task): the gap between the two largest
+    logits, and the entropy of the node's options (nats). Needs ``history["policy"]`` records."""
+    records = list(history.get("policy") or [])
+    if not records:
+        raise ValueError("the history has no policy records (a search with policy steps writes them)")
+    import numpy as np
+
+    rows = [(n, t) for n, per in records[0]["gap"].items() for t in per]
+    steps = [r["step"] for r in records]
+    data = {what: np.array([[r[what][n][t] for r in records] for n, t in rows], dtype=float)
+            for what in ("gap", "entropy")}
+    height = min(2.0 + 0.18 * len(rows), 24.0)
+    fig = _figure((12.0, height), DPI)
+    for k, (what, cmap, label) in enumerate((("gap", "viridis", "logit gap (top two options)"),
+                                             ("entropy", "magma", "entropy (nats)"))):
+        ax = fig.add_subplot(1, 2, k + 1)
+        image = ax.imshow(data[what], aspect="auto", interpolation="nearest", cmap=cmap,
+                          extent=(steps[0] - 0.5, steps[-1] + 0.5, len(rows) - 0.5, -0.5))
+        ax.set_xlabel("policy step")
+        ax.set_title(label, fontsize=10)
+        every = max(1, len(rows) // 40)
+        ax.set_yticks(range(0, len(rows), every))
+        ax.set_yticklabels([f"{n} · {t}" for n, t in rows[::every]] if k == 0 else [], fontsize=7)
+        fig.colorbar(image, ax=ax, fraction=0.04)
+    undecided = int((data["gap"][:, -1] < 0.5).sum())
+    fig.suptitle(f"How the policy moved · {undecided} of {len(rows)} (node, task) choices end with a logit gap "
+                 "< 0.5 (undecided)", fontsize=11)
+    return _save(fig, path)
+
+
 def render_all(result_or_arch: Any, out_dir: str | os.PathLike,
                history: Mapping[str, Any] | None = None) -> dict[str, Path]:
     """Write ``sharing.png``, ``similarity.png`` and (when a history is there) ``curves.png`` into
@@ -418,4 +451,6 @@ def render_all(result_or_arch: Any, out_dir: str | os.PathLike,
              "similarity": similarity_matrix(arch, out / "similarity.png")[0]}
     if history and _loss_records(history):
         paths["curves"] = training_curves(history, out / "curves.png")
+    if history and history.get("policy"):
+        paths["policy"] = policy_picture(history, out / "policy.png")
     return paths

@@ -141,10 +141,6 @@ def _number(v: Any, low: float, strict: bool = False) -> bool:
     return ok and (v > low if strict else v >= low)
 
 
-def _rounded(t: torch.Tensor) -> list[list[float]]:
-    return [[round(float(v), 5) for v in row] for row in t.detach().cpu()]
-
-
 def temperature(policy_step: int, config: SearchConfig) -> float:
     """τ after ``policy_step`` policy steps: ``max(tau_min, tau_start · tau_decay^(step // tau_interval))``.
 
@@ -320,8 +316,13 @@ class Searcher(Loop):
         logits = policy.logits.masked_fill(~policy.mask, float("-inf"))
         top = logits.topk(min(2, logits.shape[-1]), dim=-1).values
         gap = (top[..., 0] - top[..., 1]) if top.shape[-1] > 1 else torch.zeros_like(top[..., 0])
-        self.log("policy", {"step": self.policy_step, "nodes": [c.node for c in self.model.choices],
-                            "gap": _rounded(gap), "entropy": _rounded(policy.entropy())})
+        nodes, tasks = [c.node for c in self.model.choices], self.names
+
+        def table(t: torch.Tensor) -> dict[str, dict[str, float]]:
+            t = t.detach().cpu()
+            return {n: {task: round(float(t[i, c]), 5) for i, task in enumerate(tasks)} for c, n in enumerate(nodes)}
+
+        self.log("policy", {"step": self.policy_step, "gap": table(gap), "entropy": table(policy.entropy())})
 
     # --- stages ---------------------------------------------------------------------------------
     def stages(self) -> list[Stage]:
