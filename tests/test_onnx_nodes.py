@@ -107,7 +107,6 @@ def _from_torch(t: torch.Tensor) -> tuple[np.ndarray, str]:
 
 def run_case(case: Any) -> tuple[str, str]:
     """``("pass" | "refused" | "wrong", detail)`` for one conformance case; anything else raises."""
-    results = []
     for inputs, expected in case.data_sets:
         model, feeds = with_constants(case, list(inputs))
         try:
@@ -129,7 +128,6 @@ def run_case(case: Any) -> tuple[str, str]:
             g, e = g.astype(np.float64), e.astype(np.float64)
             if not np.allclose(g, e, rtol=case.rtol, atol=case.atol, equal_nan=True):
                 return "wrong", f"max abs difference {np.nanmax(np.abs(g - e)):.3g}"
-        results.append("pass")
     return "pass", ""
 
 
