@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .loop import Loop, TrainConfig
+from .mpnas import MPNASConfig, MPNASSearcher
 from .searcher import SearchConfig, Searcher
 
 
@@ -41,3 +42,5 @@ def get_strategy(name: str) -> Strategy:
 
 register_strategy(Strategy("automtl", Searcher, SearchConfig,
                            "per-task Gumbel-softmax policies over shared / specific / skip (AutoMTL)"))
+register_strategy(Strategy("mpnas", MPNASSearcher, MPNASConfig,
+                           "per-domain REINFORCE controllers over block / zero paths, then ABDP training (MPNAS)"))

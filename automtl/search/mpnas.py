@@ -1,0 +1,362 @@
+"""The MPNAS strategy (Wang et al., WACV 2021) on the one loop: multi-path search, then training from scratch.
+
+>>> model = build_blocks(SmallResNet(), heads, input_shape=(3, 32, 32))
+>>> result = MPNASSearcher(model, tasks, MultiDomain({...}), MPNASConfig(search_steps=300)).run()
+>>> result.paths, result.sharing, result.jaccard, result.metrics
+
+Every domain (task) has its own path through one supermodel whose blocks are block / zero
+choices (:mod:`automtl.model.blocks`). The search follows TuNAS (Bender et al., CVPR 2020), the
+search MPNAS extends:
+
+* one controller per domain: a :class:`~automtl.model.policies.CategoricalPolicy` row per domain,
+  logits starting at 0 (``controller="shared"``: one row whose path every domain takes, the
+  *multi-head search* baseline);
+* each step samples a path per domain; the shared weights take one step on every domain's
+  training batch along its own path (the loss weighting ``weighting``, equal by default); the
+  controllers take one REINFORCE step, ``−(r − b)·log p(path)``, on the paths' rewards on a
+  held-out batch, ``b`` a moving average of ``r`` (momentum ``baseline_momentum``, 0.95; the first
+  reward sets it, so the first advantage is 0);
+* the reward is TuNAS's absolute ``r = Q + β·|C/C₀ − 1|`` or MnasNet's ``r = Q·(C/C₀)^β``: ``Q``
+  the domain's primary metric on the batch (accuracy), ``C`` its path's exact params or FLOPs
+  (:class:`~automtl.search.paths.PathCost`), ``C₀ = cost_target ×`` its full path's;
+* TuNAS warm-up: for the first ``warmup_fraction`` of the steps each block is enabled (run
+  instead of the sampled option) with a probability falling linearly from 1 to 0, and the
+  controllers' learning rate is 0 (their Adam steps move nothing; the baseline still learns);
+* at the end each domain takes its most likely path: blocks used by several domains are shared
+  (one bank), by one domain-specific, by none dropped (:func:`~automtl.search.paths.sharing`),
+  and the Jaccard matrix of the domains' block sets is kept;
+* the derived model is trained from scratch on all domains with ``final_weighting`` (ABDP by
+  default) by a :class:`~automtl.search.trainer.Trainer`.
+
+Checkpoints hold the weights, both optimisers, the controllers, the baseline, the streams and the
+step counter, so ``MPNASSearcher.resume(path, ...).run()`` continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch.utils.data import ConcatDataset, Dataset
+
+from ..model import blocks as _blocks  # noqa: F401 - registers the block choice kind and operator
+from ..model.architecture import Architecture
+from ..model.derive import MultiTaskModel, derive
+from ..model.policies import CategoricalPolicy, MovingAverage, reinforce_loss
+from ..model.supermodel import SuperModel
+from ..train.tasks import Task
+from . import distributed as dist_utils
+from .loop import Loop, Stage, TrainConfig, epoch_end, tick
+from .paths import REWARDS, PathCost, block_paths, jaccard, reward, sharing
+from .streams import Chain, Stream, split_batch
+from .trainer import Trainer, evaluate
+
+__all__ = ["MPNASConfig", "MPNASResult", "MPNASSearcher", "batch_quality", "mpnas"]
+
+
+@dataclass
+class MPNASConfig(TrainConfig):
+    """MPNAS's options (TuNAS's defaults where it gives one) on top of :class:`TrainConfig`."""
+
+    search_steps: int = 300  # steps of (one weight step, one controller step)
+    warmup_fraction: float = 0.25  # TuNAS op warm-up: the first 25% of the search
+    policy_lr: float = 0.05  # Adam on the controllers' logits
+    baseline_momentum: float = 0.95
+    reward: str = "absolute"  # "absolute" (TuNAS) or "mnas"
+    beta: float = -0.1
+    cost_kind: str = "flops"  # "flops" or "params" of the domain's path
+    cost_target: float | dict[str, float] = 0.7  # C0 as a fraction of each domain's full path (or per domain)
+    controller: str = "per_domain"  # "per_domain" (MPNAS) or "shared" (one path for all: multi-head search)
+    train_steps: int = 300  # from-scratch training of the derived model
+    train_lr: float | None = None  # None: weight_lr
+    final_weighting: str = "abdp"
+    final_weighting_kwargs: dict[str, Any] = field(default_factory=dict)
+    split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)  # weights, controller, val
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("search_steps", "train_steps"):
+            v = getattr(self, name)
+            self._check(name, not isinstance(v, bool) and isinstance(v, int) and v >= 0, "an int >= 0")
+        self._check("warmup_fraction", _num(self.warmup_fraction) and 0 <= self.warmup_fraction <= 1,
+                    "a number in [0, 1]")
+        self._check("policy_lr", _num(self.policy_lr) and self.policy_lr > 0, "a finite number > 0")
+        self._check("baseline_momentum", _num(self.baseline_momentum) and 0 <= self.baseline_momentum < 1,
+                    "a number in [0, 1)")
+        self._check("beta", _num(self.beta), "a finite number (negative: costlier paths earn less)")
+        self._check("train_lr", self.train_lr is None or (_num(self.train_lr) and self.train_lr > 0),
+                    "None or a finite number > 0")
+        t = self.cost_target
+        ok = (_num(t) and t > 0) if not isinstance(t, dict) else all(_num(v) and v > 0 for v in t.values())
+        self._check("cost_target", ok, "a number > 0 or a mapping domain -> number > 0 (a fraction of the full path)")
+        allowed = {"reward": REWARDS, "cost_kind": ("flops", "params"), "controller": ("per_domain", "shared")}
+        for name, values in allowed.items():
+            self._check(name, getattr(self, name) in values, f"one of {values}")
+        self._check("split_fractions", len(self.split_fractions) == 3, "three fractions (weights, controller, val)")
+
+
+def _num(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v)
+
+
+@dataclass
+class MPNASResult:
+    """What :meth:`MPNASSearcher.run` returns: paths, sharing, the trained derived model and the logs."""
+
+    architecture: Architecture
+    paths: dict[str, list[str]]
+    sharing: list[dict[str, Any]]
+    jaccard: dict[str, dict[str, float]]
+    model: MultiTaskModel
+    supermodel: SuperModel
+    report: dict[str, Any]
+    history: dict[str, list[dict[str, Any]]]
+    metrics: dict[str, dict[str, float]]
+    losses: dict[str, float]
+    config: MPNASConfig
+
+
+def batch_quality(task: Task, out: torch.Tensor, target: Any) -> float:
+    """The task's primary metric on one batch (accuracy for classification), higher is better."""
+    state = task.metric_state()
+    task.update(state, out, target)
+    metrics = task.compute(state)
+    name = getattr(task, "primary_metric", None) or next(iter(metrics))
+    value = float(metrics[name])
+    higher = getattr(task, "higher_is_better", {}).get(name, True)
+    return value if higher else -value
+
+
+class MPNASSearcher(Loop):
+    """The MPNAS search on a block supermodel (:func:`~automtl.model.blocks.build_blocks`).
+
+    ``data`` is one dataset (``{task: (x_t, y_t)}`` items, :class:`~automtl.train.data.MultiDomain`,
+    split into weights / controller / val by ``config.split_fractions``) or those three splits.
+    """
+
+    splits = ("weights", "policy", "val")
+
+    def __init__(self, model: SuperModel, tasks: Mapping[str, Task] | Sequence[Task], data: Any,
+                 config: MPNASConfig | None = None) -> None:
+        config = config if config is not None else MPNASConfig()
+        if not isinstance(model, SuperModel):
+            raise ValueError(f"model must be a SuperModel (automtl.model.blocks.build_blocks), not "
+                             f"{type(model).__name__}")
+        self.fractions = config.split_fractions
+        super().__init__(model, tasks, data, config)
+        self.config: MPNASConfig = config
+        self.model: SuperModel = model
+        self.loaders = {
+            "weights": self.loader(self.data["weights"], "weights", config.batch_size, True, 1),
+            "policy": self.loader(self.data["policy"], "policy", config.batch_size, True, 2),
+            "val": self.loader(self.data["val"], "val", config.eval_batch_size, False, 3),
+        }
+        self.multi_domain = isinstance(self.first_batch("weights"), Mapping)
+        model.materialize()
+        model.to(self.device)
+        self.register("model", model)
+        T = len(self.names)
+        rows = 1 if config.controller == "shared" else T
+        self.controller = self.register("controller", CategoricalPolicy(rows, model.choices).to(self.device))
+        self.baseline = self.register("baseline", MovingAverage(rows, config.baseline_momentum).to(self.device))
+        self.weighting = self.register("weighting", self.make_weighting())
+        self.weight_opt = self.register("weight_opt", self.weight_optimizer(
+            list(model.weight_parameters()) + list(self.weighting.parameters()), config.weight_lr))
+        self.policy_opt = self.register("policy_opt", torch.optim.Adam([self.controller.logits], lr=config.policy_lr))
+        self.scaler = self.make_scaler("weights")
+        self.cost = PathCost(model, config.cost_kind)
+        self.targets = self._targets()
+        self.step = 0
+        self.register_attributes("steps", ["step"])
+        self.streams = {k: self.register(f"stream_{k}", Stream(self.loaders[k], k)) for k in ("weights", "policy")}
+        self.history = {s: [] for s in ("search", "train", "val")}
+        self.derived: MultiTaskModel | None = None
+        self.progress = {"stage": "search", "step": 0}
+
+    def identity(self) -> dict[str, Any]:
+        return {"backbone_digest": self.model.backbone_digest, "task_names": list(self.names)}
+
+    def _targets(self) -> torch.Tensor:
+        t = self.config.cost_target
+        full = self.cost.full()
+        if isinstance(t, dict):
+            unknown = [k for k in t if k not in self.names]
+            missing = [k for k in self.names if k not in t]
+            if unknown or missing:
+                raise ValueError(f"MPNASConfig.cost_target: give one fraction per domain {self.names}; "
+                                 f"unknown {unknown}, missing {missing}")
+            return full * torch.tensor([float(t[n]) for n in self.names], dtype=torch.float64)
+        return full * float(t)
+
+    # --- one step -------------------------------------------------------------------------------
+    @property
+    def warmup_steps(self) -> int:
+        return int(round(self.config.warmup_fraction * self.config.search_steps))
+
+    def enable_probability(self, step: int) -> float:
+        """TuNAS op warm-up: the probability a block is forced on at ``step`` (1 falling to 0)."""
+        w = self.warmup_steps
+        return 0.0 if step >= w else 1.0 - step / w
+
+    def sample(self) -> torch.Tensor:
+        """One path per domain ``(T, V)`` from the controllers (a shared controller's path for all)."""
+        pick = self.controller.sample()
+        return pick.expand(len(self.names), -1) if pick.shape[0] == 1 else pick
+
+    def _step(self, step: int) -> dict[str, Any]:
+        c = self.config
+        T = len(self.names)
+        pick = self.controller.sample()
+        path = pick.clone()
+        p = self.enable_probability(step)
+        if p > 0:  # forced-on blocks (option 0); only while warming up
+            path[torch.rand(path.shape) < p] = 0
+        path = path.expand(T, -1) if path.shape[0] == 1 else path
+        gates = self.controller.one_hot(path)
+        # the weights: one step along every domain's path on its training batch
+        x, targets = split_batch(self.streams["weights"].next(), self.names, c.allow_missing, self.device)
+        if self.streams["weights"].new_epoch:
+            epoch_end(self.weighting)
+        self.model.train()
+        self.weighting.train()
+        params = self.model.weight_parameters() + list(self.weighting.parameters())
+        with self.autocast():
+            out = self.model(x, gates=gates)
+            losses = self.task_losses(out, targets, step)
+        total = self.backward_step(losses, self.weight_opt, params, scaler=self.scaler, model=self.model,
+                                   stage="search", step=step, weighting=self.weighting, shared=self._shared())
+        # the controllers: REINFORCE on the paths' rewards on a held-out batch
+        x, targets = split_batch(self.streams["policy"].next(), self.names, c.allow_missing, self.device)
+        with torch.no_grad(), self.autocast():
+            out = self.model(x, gates=gates)
+        quality = torch.tensor([batch_quality(self.tasks[t], out[t].float(), targets[t]) for t in self.names],
+                               dtype=torch.float64)
+        quality = dist_utils.average_tensor(quality.to(self.device)).cpu()
+        cost = self.cost(path)
+        r = reward(quality, cost, self.targets, c.beta, c.reward)
+        if pick.shape[0] == 1:
+            r = r.mean().reshape(1)
+        r = r.to(self.baseline.value.device, self.baseline.value.dtype)
+        b = torch.where(self.baseline.started, self.baseline.value, r)
+        self.baseline.update(r)
+        for group in self.policy_opt.param_groups:
+            group["lr"] = 0.0 if step < self.warmup_steps else c.policy_lr
+        loss = reinforce_loss(self.controller, pick, r, b)
+        self.backward_step({}, self.policy_opt, [self.controller.logits], scaler=None, model=self.model,
+                           stage="search", step=step, extra=loss, clip=False)
+        self.step = step + 1
+        return {"step": step, "loss": dist_utils.mean_losses(losses), "total": dist_utils.mean_scalar(total),
+                "reward": r.tolist(), "baseline": b.tolist(), "quality": quality.tolist(),
+                "cost_ratio": (cost / self.cost.full()).tolist(), "enable": p,
+                "entropy": float(self.controller.entropy().detach().mean()) if self.model.choices else 0.0}
+
+    def _shared(self) -> list[torch.nn.Parameter]:
+        heads = {id(p) for p in self.model.heads.parameters()}
+        return [p for p in self.model.weight_parameters() if id(p) not in heads]
+
+    # --- stages ---------------------------------------------------------------------------------
+    def stages(self) -> list[Stage]:
+        return [Stage("search", self.config.search_steps, self._search)]
+
+    def _search(self, start: int, stop: int) -> None:
+        bar = self.stage_bar("search", self.config.search_steps, "mpnas search", start)
+        for step in range(start, stop):
+            rec = self._step(step)
+            self.log("search", rec)
+            tick(bar, rec)
+        if stop == self.config.search_steps:
+            self.end_bar("search")
+
+    def architecture(self) -> Architecture:
+        """Each domain's most likely path."""
+        pick = self.controller.argmax()
+        if pick.shape[0] == 1:
+            pick = pick.expand(len(self.names), -1)
+        return self.model.architecture_from_indices(pick.cpu())
+
+    def build_derived(self, architecture: Architecture) -> MultiTaskModel:
+        """The derived model of ``architecture`` with freshly initialised weights (training from scratch)."""
+        model = derive(self.model, architecture, multi_domain=self.multi_domain).to(self.device)
+        torch.manual_seed(self.config.seed + 1)
+        for m in model.modules():
+            if m is not model and callable(getattr(m, "reset_parameters", None)):
+                m.reset_parameters()
+        return model
+
+    def train_derived(self, architecture: Architecture, steps: int | None = None) -> MultiTaskModel:
+        """Train the derived model from scratch on the weights and controller splits together,
+        with ``final_weighting`` (a :class:`Trainer` sharing this search's records and sinks)."""
+        c = self.config
+        steps = c.train_steps if steps is None else steps
+        model = self.build_derived(architecture)
+        cfg = replace(c, weighting=c.final_weighting, weighting_kwargs=dict(c.final_weighting_kwargs))
+        trainer = Trainer(model, self.tasks, (self._train_source(), self.data["val"]), cfg,
+                          lr=c.train_lr or c.weight_lr, stage="train", val_loader=self.loaders["val"], seed_rng=False)
+        trainer.history, trainer.sinks = self.history, self.sinks
+        trainer.train(steps)
+        return model
+
+    def _train_source(self) -> Any:
+        w, p = self.data["weights"], self.data["policy"]
+        if isinstance(w, Dataset) and isinstance(p, Dataset):
+            return ConcatDataset([w, p])
+        return Chain([self.loaders["weights"], self.loaders["policy"]])
+
+    def validate(self, model: torch.nn.Module) -> dict[str, Any]:
+        return evaluate(model, self.tasks, self.loaders["val"], max_batches=self.config.eval_batches,
+                        device=self.device)
+
+    def run(self, stop_after: int | None = None, checkpoint: str | os.PathLike[str] | None = None,
+            checkpoint_every: int = 0) -> MPNASResult | None:
+        """Search, derive each domain's most likely path, train the derived model from scratch, validate.
+
+        With ``stop_after=k`` it stops after ``k`` search steps, saves a checkpoint to ``checkpoint``
+        when given and returns None; :meth:`resume` continues it exactly.
+        """
+        try:
+            every = checkpoint_every if checkpoint is not None else 0
+            if not self.run_stages(stop_after, checkpoint, every):
+                return None
+        finally:
+            self.end_bar()
+        arch = self.architecture()
+        paths = block_paths(self.model, arch)
+        rows = sharing(self.model, arch)
+        model = self.train_derived(arch)
+        self.derived = model
+        final = self.validate(model)
+        self.record_val("train", self.config.train_steps, final)
+        report = model.report()
+        self.progress = {"stage": "done", "step": 0}
+        return MPNASResult(arch, paths, rows, jaccard(paths), model, self.model, report, self.history,
+                           final["metrics"], final["loss"], self.config)
+
+    @classmethod
+    def resume(cls, path: str | os.PathLike[str], model: SuperModel, tasks: Mapping[str, Task] | Sequence[Task],
+               data: Any, config: MPNASConfig | None = None) -> MPNASSearcher:
+        """A searcher restored from the checkpoint at ``path`` (``config`` defaults to the checkpoint's)."""
+        from .checkpoint import load, saved_config
+
+        state = load(path)
+        searcher = cls(model, tasks, data, config if config is not None else saved_config(state, MPNASConfig))
+        searcher.load_state_dict(state)
+        return searcher
+
+
+def mpnas(model: SuperModel, tasks: Mapping[str, Task] | Sequence[Task], data: Any,
+          config: MPNASConfig | None = None, **overrides: Any) -> MPNASResult:
+    """Run the whole MPNAS search and training; ``overrides`` replace fields of ``config``."""
+    config = config if config is not None else MPNASConfig()
+    if overrides:
+        unknown = [k for k in overrides if k not in MPNASConfig.__dataclass_fields__]
+        if unknown:
+            raise ValueError(f"unknown MPNASConfig field(s) {unknown}")
+        config = replace(config, **overrides)
+    result = MPNASSearcher(model, tasks, data, config).run()
+    assert result is not None
+    return result
+

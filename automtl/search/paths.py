@@ -1,0 +1,142 @@
+"""Per-domain paths of a block supermodel: their exact cost, the search reward, and how paths share.
+
+Used by the MPNAS strategy (:mod:`automtl.search.mpnas`):
+
+* :class:`PathCost`: the exact params or FLOPs of each domain's path alone (the backbone's
+  fixed operators, the blocks its path runs, its head), from the compiler's counts and the
+  choice kind's :meth:`~automtl.model.choices.ChoiceKind.cost`; equal to the per-task figures of
+  the derived model's report;
+* :func:`reward`: TuNAS's absolute reward ``r = Q + β·|C/C₀ − 1|`` or MnasNet's ``r = Q·(C/C₀)^β``;
+* :func:`block_paths`, :func:`sharing`, :func:`jaccard`: which blocks each domain's path
+  uses, which are shared (several domains), specific (one) or dropped (none), and the Jaccard
+  similarity ``|Pa ∩ Pb| / |Pa ∪ Pb|`` of the domains' block sets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from ..compiler.ir import Graph, Node
+from ..compiler.passes import infer
+from ..model.architecture import Architecture
+from ..model.choices import get_choice_kind
+from ..model.derive import _add_head
+from ..model.supermodel import SuperModel
+
+__all__ = ["REWARDS", "PathCost", "block_paths", "jaccard", "reward", "sharing"]
+
+REWARDS = ("absolute", "mnas")
+
+
+def reward(quality: torch.Tensor, cost: torch.Tensor, target: torch.Tensor, beta: float,
+           form: str = "absolute") -> torch.Tensor:
+    """The search reward per domain: ``absolute`` (TuNAS) ``Q + β·|C/C₀ − 1|``, ``mnas`` ``Q·(C/C₀)^β``."""
+    ratio = torch.as_tensor(cost, dtype=torch.float64) / torch.as_tensor(target, dtype=torch.float64)
+    q = torch.as_tensor(quality, dtype=torch.float64)
+    if form == "absolute":
+        return q + beta * (ratio - 1).abs()
+    if form == "mnas":
+        return q * ratio.pow(beta)
+    raise ValueError(f"reward must be one of {REWARDS}, not {form!r}")
+
+
+class PathCost:
+    """Exact params or FLOPs of each task's path alone, for a pick of option indices ``(T, V)``.
+
+    A path runs the backbone's operators that are no choice, the option it picks at each choice
+    node (the choice kind's exact cost; a zero block costs nothing) and its own head.
+    """
+
+    def __init__(self, model: SuperModel, kind: str = "flops") -> None:
+        if kind not in ("params", "flops"):
+            raise ValueError(f"cost kind must be 'params' or 'flops', not {kind!r}")
+        self.kind = kind
+        g = model.graph
+        choice_of = {c.node: c for c in model.choices}
+        mtl = {n.name: n for n in model.mtl_graph}
+        V = max(len(model.choices), 1)
+        K = max((len(c.options) for c in model.choices), default=1)
+        self.table = torch.zeros(V, K, dtype=torch.float64)
+        fixed = 0
+        for node in g:
+            c = choice_of.get(node.name)
+            if c is None:
+                fixed += node.params if kind == "params" else node.flops
+                continue
+            ck = get_choice_kind(c.choice_kind)
+            for k, o in enumerate(c.options):
+                p, f = ck.cost(mtl[node.name], g[node.inputs[0]].shape, o)
+                self.table[c.index, k] = p if kind == "params" else f
+        feat = g[g.outputs[0]].shape
+        heads = []
+        for t in model.task_names:
+            head = model.heads[t]
+            heads.append(sum(p.numel() for p in head.parameters()) if kind == "params" else _head_flops(head, feat))
+        self.constant = torch.tensor([fixed + h for h in heads], dtype=torch.float64)
+        self.choices = len(model.choices)
+
+    def __call__(self, pick: torch.Tensor) -> torch.Tensor:
+        """Cost per task ``(T,)`` of the paths ``pick`` (option index per task and choice node)."""
+        if self.choices == 0:
+            return self.constant.clone()
+        cols = pick.long().cpu()
+        rows = torch.arange(self.table.shape[0]).expand_as(cols)
+        return self.constant + self.table[rows, cols].sum(-1)
+
+    def full(self) -> torch.Tensor:
+        """Cost per task of the path through every block (option 0 everywhere)."""
+        return self(torch.zeros(len(self.constant), self.table.shape[0], dtype=torch.long))
+
+
+def _head_flops(head: torch.nn.Module, feature_shape: Any) -> int:
+    """FLOPs of one head on the trunk output, as derivation inlines it (the feature shape inferred first)."""
+    g = Graph("head")
+    g.add(Node("feat", "input", [], {"shape": tuple(feature_shape)}))
+    infer(g)
+    g.outputs = [_add_head(g, head, "t", "feat")]
+    infer(g)
+    return int(sum(n.flops for n in g if n.name.startswith("head.")))
+
+
+def block_paths(model: SuperModel, architecture: Architecture) -> dict[str, list[str]]:
+    """Each task's blocks (graph order): the ``block`` operators its path runs, chosen or fixed."""
+    choice_of = {c.node: c for c in model.choices}
+    paths: dict[str, list[str]] = {t: [] for t in model.task_names}
+    for node in model.graph:
+        if node.kind != "block":
+            continue
+        for t in model.task_names:
+            c = choice_of.get(node.name)
+            if c is None or c.option(architecture.branch(node.name, t)).bank is not None:
+                paths[t].append(node.name)
+    return paths
+
+
+def sharing(model: SuperModel, architecture: Architecture) -> list[dict[str, Any]]:
+    """One row per block: its users, and ``shared`` (several tasks), ``specific`` (one) or ``dropped``."""
+    paths = block_paths(model, architecture)
+    choices = {c.node for c in model.choices}
+    rows = []
+    for node in model.graph:
+        if node.kind != "block":
+            continue
+        users = [t for t in model.task_names if node.name in paths[t]]
+        status = "shared" if len(users) > 1 else "specific" if users else "dropped"
+        rows.append({"block": node.name, "users": users, "status": status, "searched": node.name in choices,
+                     "params": node.params, "flops": node.flops})
+    return rows
+
+
+def jaccard(paths: Mapping[str, Sequence[str]]) -> dict[str, dict[str, float]]:
+    """``J[a][b] = |Pa ∩ Pb| / |Pa ∪ Pb|`` of the tasks' block sets (1 for two empty paths)."""
+    sets = {t: set(p) for t, p in paths.items()}
+    out: dict[str, dict[str, float]] = {}
+    for a, pa in sets.items():
+        out[a] = {}
+        for b, pb in sets.items():
+            union = pa | pb
+            out[a][b] = len(pa & pb) / len(union) if union else 1.0
+    return out

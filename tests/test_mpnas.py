@@ -1,0 +1,309 @@
+"""MPNAS: block / zero choices, per-domain REINFORCE controllers, rewards, sharing, the strategy."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import randomize_norms
+from torch import nn
+from torch.utils.data import Dataset
+
+import automtl
+from automtl import backbones
+from automtl.compiler.blocks import block_region, collapse_blocks
+from automtl.compiler.codegen import codegen, node_modules
+from automtl.compiler.errors import CompileError
+from automtl.model.blocks import SmallResNet, build_blocks, find_blocks, find_graph_blocks, with_blocks
+from automtl.model.derive import derive
+from automtl.model.policies import CategoricalPolicy, MovingAverage, reinforce_loss
+from automtl.search.mpnas import MPNASConfig, MPNASSearcher, mpnas
+from automtl.search.paths import PathCost, block_paths, jaccard, reward, sharing
+from automtl.search.strategies import get_strategy
+from automtl.train.data import MultiDomain
+from automtl.train.domains import DOMAINS, domain_suite, make_domain, suite_splits
+from automtl.train.tasks import Classification, classification_head
+
+
+def _heads(classes: dict[str, int], channels: int) -> dict[str, nn.Module]:
+    return {t: classification_head(channels, n) for t, n in classes.items()}
+
+
+def _model(classes: dict[str, int] | None = None, seed: int = 0) -> automtl.SuperModel:
+    classes = classes or {"a": 3, "b": 5}
+    torch.manual_seed(seed)
+    net = randomize_norms(SmallResNet(8, 2, 2), seed)
+    return build_blocks(net, _heads(classes, 16), input_shape=(3, 8, 8))
+
+
+# --- the controller's pieces ---------------------------------------------------------------------
+def test_reinforce_gradient_equals_the_hand_computation() -> None:
+    class One:  # one choice node with two options
+        index, options = 0, (None, None)
+
+    policy = CategoricalPolicy(2, [One()])
+    with torch.no_grad():
+        policy.logits.copy_(torch.tensor([[[0.3, -0.2]], [[1.0, 0.5]]]))
+    pick = torch.tensor([[0], [1]])
+    r, b = torch.tensor([0.9, 0.2]), torch.tensor([0.5, 0.6])
+    reinforce_loss(policy, pick, r, b).backward()
+    # d/dz of -(r - b) log softmax(z)[k] = -(r - b) (onehot_k - p)
+    want = torch.zeros(2, 1, 2)
+    for t, (z, k) in enumerate([([0.3, -0.2], 0), ([1.0, 0.5], 1)]):
+        e = [math.exp(v) for v in z]
+        p = [v / sum(e) for v in e]
+        adv = float(r[t] - b[t])
+        for j in range(2):
+            want[t, 0, j] = -adv * ((1.0 if j == k else 0.0) - p[j])
+    assert torch.allclose(policy.logits.grad, want, atol=1e-6)
+
+
+def test_moving_average_baseline_starts_at_the_first_reward_then_averages() -> None:
+    avg = MovingAverage(2, momentum=0.95)
+    avg.update(torch.tensor([1.0, 2.0]))
+    assert avg.value.tolist() == [1.0, 2.0]
+    avg.update(torch.tensor([0.0, 4.0]))
+    assert torch.allclose(avg.value, torch.tensor([0.95, 0.95 * 2 + 0.05 * 4]))
+    avg.update(torch.tensor([3.0]), tasks=torch.tensor([1]))  # one domain only
+    assert torch.allclose(avg.value, torch.tensor([0.95, 0.95 * (0.95 * 2 + 0.05 * 4) + 0.05 * 3]))
+
+
+def test_reward_forms() -> None:
+    q, c, c0 = torch.tensor([0.8, 0.5]), torch.tensor([120.0, 50.0]), torch.tensor([100.0, 100.0])
+    absolute = reward(q, c, c0, -0.1, "absolute")
+    assert torch.allclose(absolute, torch.tensor([0.8 - 0.1 * 0.2, 0.5 - 0.1 * 0.5], dtype=torch.float64))
+    mnas = reward(q, c, c0, -0.07, "mnas")
+    assert torch.allclose(mnas, torch.tensor([0.8 * 1.2 ** -0.07, 0.5 * 0.5 ** -0.07], dtype=torch.float64))
+    with pytest.raises(ValueError, match="reward must be one of"):
+        reward(q, c, c0, -0.1, "nope")
+
+
+def test_jaccard_of_a_hand_made_pair_of_paths() -> None:
+    j = jaccard({"a": ["b1", "b2", "b3"], "b": ["b2", "b3", "b4"], "c": []})
+    assert j["a"]["b"] == j["b"]["a"] == pytest.approx(2 / 4)
+    assert j["a"]["a"] == 1.0 and j["a"]["c"] == 0.0 and j["c"]["c"] == 1.0
+
+
+# --- blocks: the compiler pass and the choice kind ------------------------------------------------
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_zoo_blocks_collapse_with_exact_cost_and_output(name: str) -> None:
+    torch.manual_seed(0)
+    net = randomize_norms(backbones.get(name), 0)
+    graph = automtl.compile(net, (3, 32, 32))
+    blocks = find_graph_blocks(graph)
+    assert blocks == find_blocks(net)[: len(blocks)] or set(blocks) <= set(find_blocks(net))
+    if name == "resnet18":
+        assert blocks == ["layer1.0", "layer1.1", "layer2.1", "layer3.1", "layer4.1"]
+        assert block_region(graph, "layer1.0")[0][-2:] == ["add", "layer1.0.relu2"]  # the residual add inside
+    else:
+        assert "features.3" in blocks and block_region(graph, "features.3")[2] == "add"  # the add after the block
+    collapsed = collapse_blocks(graph, blocks)
+    assert (collapsed.params, collapsed.flops) == (graph.params, graph.flops)
+    assert sum(n.kind == "block" for n in collapsed) == len(blocks)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(codegen(collapsed).eval()(x), codegen(graph).eval()(x), atol=1e-5)
+
+
+def test_a_block_that_is_not_there_or_has_two_outputs_is_named() -> None:
+    graph = automtl.compile(SmallResNet(8, 1, 1), (3, 8, 8))
+    with pytest.raises(CompileError, match="block 'nope': no operator is named"):
+        collapse_blocks(graph, ["nope"])
+
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU())
+            self.b = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.a[0](x)
+            return self.b(self.a[1](h)) + h  # a.0's value leaves the block "a" twice
+
+    with pytest.raises(CompileError, match="block 'a' gives 2 values to the rest of the network"):
+        collapse_blocks(automtl.compile(Two(), (3, 4, 4)), ["a"])
+
+
+def test_block_choices_offer_zero_only_where_shapes_match() -> None:
+    model = _model()
+    assert [c.node for c in model.choices] == ["layers.0", "layers.1", "layers.3", "layers.4"]
+    assert all(c.branches == ("block", "zero") and c.options[0].bank == f"block:{c.node}" for c in model.choices)
+    assert "layers.2.0" in model.graph  # the strided convolution changes shapes: no block, no choice
+
+
+@pytest.mark.parametrize("multi_domain", [False, True])
+def test_zero_block_derives_to_identity_and_derive_equals_fixed_mode(multi_domain: bool) -> None:
+    model = _model().eval()
+    pick = torch.tensor([[0, 1, 0, 1], [1, 1, 0, 0]])  # a skips layers.1 and layers.4; b skips layers.0, layers.1
+    arch = model.architecture_from_indices(pick)
+    x = torch.randn(4, 3, 8, 8)
+    xs = {"a": x, "b": torch.randn(4, 3, 8, 8)}
+    want = model(xs if multi_domain else x, architecture=arch)
+    derived = derive(model, arch, multi_domain=multi_domain).eval()
+    got = derived.as_dict(*xs.values()) if multi_domain else derived.as_dict(x)
+    for t in want:
+        assert torch.allclose(got[t], want[t], atol=1e-5), t
+    blocks = {n.attrs["derived"]["source"] for n in derived.graph if n.kind == "block"}
+    assert blocks == {"layers.0", "layers.3", "layers.4"}  # layers.1 is dropped: nobody runs it
+    # both paths run layers.3, on different values (a ran layers.0 before it), with one set of weights
+    assert derived.report()["sharing"]["layers.3"] == ["a", "b"]
+    mods = node_modules(derived.net)
+    assert mods["layers.3[a]"] is mods["layers.3[b]"]
+    # every block run: the original network
+    full = model.architecture_from_indices(torch.zeros(2, 4, dtype=torch.long))
+    torch.manual_seed(0)
+    net = randomize_norms(SmallResNet(8, 2, 2), 0)
+    assert torch.allclose(derive(model, full).eval().net(x)[0], model.heads["a"](net(x)), atol=1e-5)
+
+
+def test_path_cost_is_the_derived_path_exactly() -> None:
+    model = _model({"a": 3, "b": 5, "c": 2})
+    pick = torch.tensor([[0, 1, 0, 1], [1, 1, 1, 1], [0, 0, 0, 0]])
+    report = derive(model, model.architecture_from_indices(pick)).report()["per_task"]
+    for kind in ("params", "flops"):
+        cost = PathCost(model, kind)(pick)
+        assert cost.tolist() == [report[t][kind] for t in ("a", "b", "c")]
+    assert PathCost(model, "flops")(pick)[1] < PathCost(model, "flops").full()[1]
+
+
+def test_sharing_rows_and_paths() -> None:
+    model = _model({"a": 3, "b": 5, "c": 2})
+    arch = model.architecture_from_indices(torch.tensor([[0, 1, 0, 1], [1, 1, 0, 1], [1, 1, 1, 1]]))
+    paths = block_paths(model, arch)
+    assert paths == {"a": ["layers.0", "layers.3"], "b": ["layers.3"], "c": []}
+    status = {r["block"]: r["status"] for r in sharing(model, arch)}
+    assert status == {"layers.0": "specific", "layers.1": "dropped", "layers.3": "shared", "layers.4": "dropped"}
+    assert jaccard(paths)["a"]["b"] == 0.5
+
+
+# --- the strategy ---------------------------------------------------------------------------------
+def _suite_data(n: int = 48) -> tuple[dict[str, Classification], list[Dataset], dict[str, int]]:
+    suite = domain_suite(8, n, 16, seed=0, domains=("digits", "shapes"))
+    return suite.tasks, list(suite.splits()), suite.num_classes
+
+
+def test_the_suite_has_five_domains_of_different_statistics() -> None:
+    suite = domain_suite(16, 40, 10)
+    assert list(suite.tasks) == list(DOMAINS) and len(DOMAINS) >= 5
+    assert len(set(suite.num_classes.values())) >= 4
+    means = [float(d.images.mean()) for d in suite.train.datasets.values()]
+    assert max(means) - min(means) > 0.05
+    for d in suite.train.datasets.values():
+        assert d.images.shape[1:] == (3, 16, 16) and int(d.labels.max()) < d.num_classes
+    native = {name: make_domain(name, 2).images.shape[-1] for name in DOMAINS}
+    assert len(set(native.values())) >= 3  # different image sizes before resizing
+    item = suite.train[0]
+    assert set(item) == set(DOMAINS) and all(x.shape == (3, 16, 16) for x, _ in item.values())
+
+
+def test_mpnas_runs_from_python_and_resumes_exactly(tmp_path: Path, deterministic: None) -> None:
+    tasks, data, classes = _suite_data()
+
+    def searcher() -> MPNASSearcher:
+        torch.manual_seed(0)
+        model = build_blocks(SmallResNet(8, 2, 1), _heads(classes, 16), input_shape=(3, 8, 8))
+        cfg = MPNASConfig(search_steps=6, warmup_fraction=0.5, train_steps=3, batch_size=8, quiet=True)
+        return MPNASSearcher(model, tasks, data, cfg)
+
+    first = searcher()
+    full = first.run()
+    assert full is not None and set(full.metrics) == {"digits", "shapes"}
+    assert full.history["search"][0]["reward"] == full.history["search"][0]["baseline"]  # first advantage 0
+    assert full.history["search"][0]["enable"] == 1.0 and full.history["search"][3]["enable"] == 0.0
+    assert len(full.history["train"]) == 3 and full.report["params_ratio"] < 1
+    cut = searcher()
+    assert cut.run(stop_after=4, checkpoint=tmp_path / "ck.pt") is None
+    resumed = MPNASSearcher.resume(tmp_path / "ck.pt", cut.model, tasks, data)
+    assert resumed.step == 4
+    again = resumed.run()
+    assert again is not None
+    assert torch.equal(resumed.controller.logits, first.controller.logits)
+    assert again.history["search"][4:] == full.history["search"][4:]
+    assert again.metrics == full.metrics and again.architecture.choices == full.architecture.choices
+
+
+def test_controllers_freeze_during_warmup_and_multi_head_search_shares_one_path() -> None:
+    tasks, data, classes = _suite_data(32)
+    torch.manual_seed(0)
+    model = build_blocks(SmallResNet(8, 2, 1), _heads(classes, 16), input_shape=(3, 8, 8))
+    s = MPNASSearcher(model, tasks, data, MPNASConfig(search_steps=4, warmup_fraction=1.0, train_steps=0,
+                                                      batch_size=8, quiet=True))
+    s.run_stages()
+    assert torch.count_nonzero(s.controller.logits) == 0  # learning rate 0 all through the warm-up
+    torch.manual_seed(0)
+    model = build_blocks(SmallResNet(8, 2, 1), _heads(classes, 16), input_shape=(3, 8, 8))
+    result = mpnas(model, tasks, data, MPNASConfig(search_steps=4, warmup_fraction=0.0, train_steps=1,
+                                                   batch_size=8, quiet=True, controller="shared"))
+    assert result.paths["digits"] == result.paths["shapes"]
+    assert len(result.history["search"][0]["reward"]) == 1  # one controller, one reward (the mean)
+
+
+def test_mpnas_is_a_registered_strategy_and_runs_from_a_config(tmp_path: Path) -> None:
+    from automtl.app.config import build_model, build_tasks, load_config
+
+    assert get_strategy("mpnas").loop is MPNASSearcher and get_strategy("mpnas").options is MPNASConfig
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "backbone: {name: resnet18, input_shape: [3, 16, 16], trunk_output: layer2}\n"
+        "tasks:\n  digits: {kind: classification, num_classes: 10}\n  shapes: {kind: classification, num_classes: 5}\n"
+        "data: {factory: 'automtl.train.domains:suite_splits', size: 16, n_train: 24, n_val: 8}\n"
+        "search: {strategy: mpnas, search_steps: 2, train_steps: 1, batch_size: 4, reward: mnas, beta: -0.07,"
+        " cost_kind: params, final_weighting: abdp}\n")
+    cfg = load_config(path, check_memory=False)
+    assert cfg.strategy == "mpnas" and isinstance(cfg.search, MPNASConfig) and cfg.search.reward == "mnas"
+    model = with_blocks(build_model(cfg))
+    assert [c.node for c in model.choices] == ["layer1.0", "layer1.1", "layer2.1"]
+    # the config's data check takes (image, {task: target}) items; the suite's are {domain: (x, y)}
+    data = suite_splits(**{k: v for k, v in cfg.data.options.items() if k != "seed"}, tasks=list(cfg.tasks))
+    result = MPNASSearcher(model, build_tasks(cfg), data, cfg.search).run()
+    assert result is not None and set(result.metrics) == {"digits", "shapes"}
+    assert result.config.final_weighting == "abdp"
+    with pytest.raises(Exception, match="cost_kind"):
+        MPNASConfig(cost_kind="latency")
+
+
+# --- the controllers learn ------------------------------------------------------------------------
+class _Colours(Dataset):
+    """Labels from the mean colour (the stem sees it: no block needed) or from a checkerboard."""
+
+    def __init__(self, n: int, seed: int, kind: str) -> None:
+        rng = np.random.default_rng(seed)
+        self.y = torch.from_numpy(rng.integers(0, 3, n))
+        x = rng.normal(0, 0.3, (n, 3, 8, 8)).astype(np.float32)
+        for i, c in enumerate(self.y.tolist()):
+            if kind == "colour":
+                x[i, c] += 1.0
+            else:
+                period = c + 1
+                yy, xx = np.mgrid[0:8, 0:8]
+                x[i] += (((yy // period + xx // period) % 2) * 2 - 1).astype(np.float32)
+        self.x = torch.from_numpy(x)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[i], self.y[i]
+
+
+def test_controllers_learn_that_one_domain_is_best_served_by_skipping(deterministic: None) -> None:
+    """The colour domain gains nothing from the block, so the cost term makes its controller skip it;
+    the pattern domain's cost target is its full path, so its controller keeps the block."""
+    tasks = {"colour": Classification("colour", 3), "pattern": Classification("pattern", 3)}
+    splits = [MultiDomain({"colour": _Colours(n, s, "colour"), "pattern": _Colours(n, s + 1, "pattern")})
+              for n, s in ((96, 0), (64, 10), (32, 20))]
+    skipped, kept = 0, 0
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = build_blocks(SmallResNet(8, 1, 1), _heads({"colour": 3, "pattern": 3}, 8), input_shape=(3, 8, 8))
+        ratio = float(PathCost(model, "flops")(torch.tensor([[1], [1]]))[0] / PathCost(model, "flops").full()[0])
+        cfg = MPNASConfig(search_steps=60, warmup_fraction=0.1, train_steps=0, batch_size=16, quiet=True, seed=seed,
+                          policy_lr=0.1, beta=-0.5, cost_target={"colour": ratio, "pattern": 1.0})
+        s = MPNASSearcher(model, tasks, splits, cfg)
+        s.run_stages()
+        arch = s.architecture()
+        skipped += arch.branch("layers.0", "colour") == "zero"
+        kept += arch.branch("layers.0", "pattern") == "block"
+    assert skipped >= 2 and kept >= 2
