@@ -132,8 +132,9 @@ class ConvNeXtMix(nn.Module):
         return self.inorm(self.gn(x * gate))
 
 
-@pytest.mark.parametrize("opset", [17, 20])  # GELU is Div, Erf, Add, Mul, Mul before opset 20
-def test_convnext_mixnet_export(opset: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("opset", "dynamo"), [(17, False), (20, False), (20, True)],
+                         ids=["torchscript-17", "torchscript-20", "dynamo"])  # opset 17: GELU spelled out with Erf
+def test_convnext_mixnet_export(opset: int, dynamo: bool, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = ConvNeXtMix().eval()
     with torch.no_grad():
@@ -141,7 +142,8 @@ def test_convnext_mixnet_export(opset: int, tmp_path: Path) -> None:
             m.weight.uniform_(0.5, 1.5)
             m.bias.normal_()
     x = torch.randn(2, 3, 12, 12)
-    path = torch_export(model, x, tmp_path / "mix.onnx", opset_version=opset)
+    kwargs = {} if dynamo else {"opset_version": opset}
+    path = torch_export(model, x, tmp_path / "mix.onnx", dynamo=dynamo, **kwargs)
     graph = from_onnx(path)
     ks = kinds(graph)
     assert {"permute", "layer_norm", "gelu" if opset >= 20 else "erf", "index_select", "expand"} <= set(ks)
