@@ -78,6 +78,13 @@ def test_op_version_newer_than_its_handler_is_refused(monkeypatch: pytest.Monkey
     assert [n.kind for n in from_onnx(model) if n.kind != "input"] == ["relu"]
 
 
+def test_op_table_is_consistent() -> None:
+    """Every claimed op has a handler (Constant is folded by the reader) and a version the installed onnx knows."""
+    assert set(onnx_frontend.HANDLERS) | {"Constant"} == onnx_frontend.SUPPORTED_OPS == set(onnx_frontend.VERSIONS)
+    for op, version in onnx_frontend.VERSIONS.items():
+        assert onnx.defs.get_schema(op, version, "").since_version == version, op
+
+
 def test_symbolic_spatial_dims_need_input_shape() -> None:
     model = make_model([helper.make_node("Relu", ["x"], ["y"])], {"x": ("N", 3, "H", "W")}, ["y"])
     refused(model, r"input 'x' has symbolic dimension\(s\) H \(axis 2\), W \(axis 3\).*input_shape")
