@@ -134,3 +134,54 @@ def test_calibration_recomputes_the_statistics_of_the_kept_channels() -> None:
     stem_out = [F.conv2d(x, net.slim["stem"].op.weight[:k], net.slim["stem"].op.bias[:k], padding=1) for x in xs]
     mean = torch.stack([o.mean((0, 2, 3)) for o in stem_out]).mean(0)
     assert torch.allclose(bn.op.running_mean[:k], mean, atol=1e-5)
+
+
+# --- losses ------------------------------------------------------------------------------------------
+def test_seed_sharpening_and_distillation_by_hand() -> None:
+    from automtl.search.slimda_losses import seed_loss, sharpen
+
+    p = torch.tensor([[0.5, 0.3, 0.2]])
+    # T = 0.5 squares the probabilities: 0.25, 0.09, 0.04 over 0.38
+    assert torch.allclose(sharpen(p, 0.5), torch.tensor([[0.25, 0.09, 0.04]]) / 0.38)
+    assert torch.allclose(sharpen(p, 1.0), p)
+    teachers = [torch.log(torch.tensor([[0.6, 0.3, 0.1]])), torch.log(torch.tensor([[0.2, 0.5, 0.3]]))]
+    students = [torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([[0.0, 2.0, 0.0]])]
+    # ensemble (0.4, 0.4, 0.2); sharpened at T=0.5: (0.16, 0.16, 0.04) / 0.36
+    q = torch.tensor([0.16, 0.16, 0.04]) / 0.36
+    hand = []
+    for s in ([1.0, 0.0, 0.0], [0.0, 2.0, 0.0]):
+        z = torch.tensor(s)
+        logp = z - torch.log(torch.exp(z).sum())
+        hand.append(-(q * logp).sum())
+    got = seed_loss(students, teachers, 0.5)
+    assert torch.allclose(got, torch.stack(hand).mean())
+    students[0].requires_grad_(True)
+    seed_loss(students, teachers, 0.5).backward()
+    assert students[0].grad is not None  # the students learn; the teachers are constants
+
+
+def test_symnet_losses_by_hand() -> None:
+    from automtl.search.slimda_losses import confusion_weight, symnet_losses
+
+    s, t = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    y = torch.tensor([0])
+    out = symnet_losses(s, t, y, t, s)  # the target batch is the source one with Cs and Ct swapped
+    e = torch.exp(torch.tensor(1.0))
+    z = 2 * e + 2  # softmax over [1, 0, 0, 1] and over [0, 1, 1, 0]
+    assert torch.allclose(out["task_s"], -torch.log(e / (e + 1)))
+    assert torch.allclose(out["task_t"], -torch.log(1 / (e + 1)))
+    # source mass on the Cs half and target mass on the Ct half are both (e + 1) / z
+    assert torch.allclose(out["domain"], -2 * torch.log((e + 1) / z))
+    assert torch.allclose(out["category"], -0.5 * (torch.log(e / z) + torch.log(1 / z)))
+    assert torch.allclose(out["domain_confusion"], -torch.log((e + 1) / z))
+    q = torch.tensor([(1 + e) / z, (e + 1) / z])
+    assert torch.allclose(out["entropy"], -(q * q.log()).sum())
+    assert confusion_weight(0.0) == 0.0 and 0.99 < confusion_weight(1.0) < 1.0
+
+
+def test_spearman() -> None:
+    from automtl.search.slimda_losses import spearman
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486832980505138)

@@ -228,3 +228,86 @@ def sandwich(net: SlimmableNet, widths: Sequence[float], m: int, rng: random.Ran
         raise ValueError(f"a model batch holds the largest and the smallest network: m must be >= 2, got {m}")
     batch = [net.uniform(max(widths)), net.uniform(min(widths))]
     return batch + [net.random(widths, rng) for _ in range(m - 2)]
+
+
+# --- a classifier bank for domain adaptation ------------------------------------------------------
+HEADS = ("cs", "ct", "ca")
+
+
+class SlimClassifier(nn.Module):
+    """A slimmable trunk with classifier heads over its ``(N, C)`` features: SlimDA's model bank.
+
+    The heads are SymNet's source and target classifiers ``cs`` and ``ct`` and SlimDA's third
+    classifier ``ca``; each reads the kept features of the trunk at the current widths.
+    ``model(x)`` returns ``{task: logits of the deployed head}`` at the current widths (the one-task
+    form every loop and evaluation reads); :meth:`derive` emits one width's compact classifier.
+    """
+
+    def __init__(self, trunk: SlimmableNet, num_classes: int, task: str = "digit", deploy: str = "ca") -> None:
+        super().__init__()
+        shape = trunk.graph[trunk.graph.outputs[0]].shape
+        if len(shape) != 2:
+            raise ValueError(f"the trunk's output {trunk.graph.outputs[0]!r} has shape {list(shape)}; the classifier "
+                             "heads need (N, C) features: end the backbone with a global pool and a flatten, or pass "
+                             "trunk_output=<a pooled operator>")
+        if deploy not in HEADS:
+            raise ValueError(f"deploy must be one of {HEADS}, got {deploy!r}")
+        self.trunk = trunk
+        self.task_names = [task]
+        self.num_classes = num_classes
+        self.deploy = deploy
+        self.heads = nn.ModuleDict({h: nn.Linear(shape[1], num_classes) for h in HEADS})
+
+    def features(self, x: torch.Tensor, factors: Mapping[str, float] | None = None) -> torch.Tensor:
+        return self.trunk(x, factors)
+
+    def logits(self, features: torch.Tensor, head: str, detach_weights: bool = False) -> torch.Tensor:
+        """The head's logits on features of the current widths (``detach_weights``: no gradient to the head)."""
+        lin = self.heads[head]
+        w, b = _pick(lin.weight, 1, self.trunk.out_index), lin.bias
+        if detach_weights:
+            w, b = w.detach(), b.detach()
+        return F.linear(features, w, b)
+
+    def forward(self, x: torch.Tensor, factors: Mapping[str, float] | None = None,
+                head: str | None = None) -> dict[str, torch.Tensor]:
+        return {self.task_names[0]: self.logits(self.features(x, factors), head or self.deploy)}
+
+    def flops(self, factors: Mapping[str, float]) -> int:
+        """FLOPs of the compact classifier at ``factors``: the thin trunk's (the compiler's count) and one head's."""
+        keep = kept_channels(self.trunk.plan, factors)[self.trunk.graph.outputs[0]]
+        return self.trunk.flops(factors) + 2 * len(keep) * self.num_classes  # type: ignore[arg-type]
+
+    def derive(self, factors: Mapping[str, float], head: str | None = None) -> CompactClassifier:
+        """The plain compact classifier at ``factors`` (calibrate the widths' batch norm first)."""
+        self.trunk.set_widths(factors)
+        lin = self.heads[head or self.deploy]
+        out = nn.Linear(len(self.trunk.out_index), self.num_classes)  # type: ignore[arg-type]
+        with torch.no_grad():
+            out.weight.copy_(_pick(lin.weight, 1, self.trunk.out_index))
+            out.bias.copy_(lin.bias)
+        return CompactClassifier(self.trunk.thin(factors), out, self.task_names[0]).eval()
+
+
+class CompactClassifier(nn.Module):
+    """One width of the bank as a plain network: the thin trunk (an fx GraphModule) and one linear head."""
+
+    def __init__(self, trunk: fx.GraphModule, head: nn.Linear, task: str) -> None:
+        super().__init__()
+        self.trunk, self.head, self.task_names = trunk, head, [task]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(x))
+
+
+def build_slim_classifier(backbone: Any, num_classes: int, *, input_shape: Any = None, trunk_output: str | None = None,
+                          task: str = "digit", deploy: str = "ca", **compile_options: Any) -> SlimClassifier:
+    """Compile ``backbone`` (anything :func:`automtl.compile` takes, or a Graph) into a :class:`SlimClassifier`."""
+    from ..api import compile as compile_backbone
+    from ..compiler.passes import cut
+    from .supermodel import _resolve
+
+    graph = backbone if isinstance(backbone, Graph) else compile_backbone(backbone, input_shape, **compile_options)
+    if trunk_output is not None:
+        graph = cut(graph.copy(), _resolve(graph, trunk_output))
+    return SlimClassifier(SlimmableNet(graph), num_classes, task, deploy)

@@ -1,0 +1,130 @@
+"""A built-in domain-shift benchmark: printed digits (source) to handwritten digits (target), offline.
+
+* **Source** (:class:`FontDigits`): digits 0-9 rendered with the DejaVu fonts bundled with matplotlib
+  (sans, serif, mono; regular, bold, oblique) through PIL, with augmentation (size, rotation,
+  shear, shift, stroke width), on a 32x32 bitmap reduced to 8x8 by counting the inked pixels of
+  each 4x4 block, which is how scikit-learn's digits were made. Labelled.
+* **Target** (:class:`HandDigits`): scikit-learn's real 8x8 handwritten digits (``load_digits``,
+  bundled, no download). A fixed half (``part="adapt"``) is the unlabelled target set of training;
+  the other half (``part="test"``) is only for the final evaluation. Training code must never read
+  the labels of the ``adapt`` part: they are there so the same item form serves every loader.
+
+Items are ``(x, {"digit": y})`` with ``x`` float32 ``(1, 8, 8)`` in [0, 1] (pixel counts / 16).
+:func:`domain_shift_digits` returns ``(source, target, test)`` as the SlimDA strategy takes them.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+__all__ = ["FONTS", "FontDigits", "HandDigits", "domain_shift_digits"]
+
+TASK = "digit"
+FONTS = (
+    "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf",
+    "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSansMono.ttf",
+    "DejaVuSansMono-Bold.ttf", "DejaVuSansMono-Oblique.ttf",
+)
+
+
+def _font_dir() -> str:
+    import matplotlib
+
+    return os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "fonts", "ttf")
+
+
+@lru_cache(maxsize=256)
+def _font(name: str, size: int):  # noqa: ANN202 - a PIL font object
+    from PIL import ImageFont
+
+    path = os.path.join(_font_dir(), name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: the font is missing from matplotlib's bundled fonts; reinstall matplotlib")
+    return ImageFont.truetype(path, size)
+
+
+def render_digit(digit: int, rng: np.random.Generator) -> np.ndarray:
+    """One augmented printed digit as an 8x8 float32 array in [0, 1] (inked pixels per 4x4 block / 16)."""
+    from PIL import Image, ImageDraw
+
+    font = _font(FONTS[int(rng.integers(len(FONTS)))], int(rng.integers(20, 31)))
+    canvas = Image.new("L", (48, 48), 0)
+    draw = ImageDraw.Draw(canvas)
+    stroke = int(rng.integers(0, 3))
+    draw.text((24, 24), str(digit), fill=255, font=font, anchor="mm", stroke_width=stroke, stroke_fill=255)
+    shear = float(rng.uniform(-0.25, 0.25))
+    canvas = canvas.transform((48, 48), Image.Transform.AFFINE, (1, shear, -shear * 24, 0, 1, 0),
+                              resample=Image.Resampling.BILINEAR)
+    canvas = canvas.rotate(float(rng.uniform(-12, 12)), resample=Image.Resampling.BILINEAR)
+    ink = np.asarray(canvas) > 100
+    rows, cols = np.nonzero(ink)
+    if len(rows) == 0:  # cannot happen with these fonts; keep an empty image rather than fail
+        return np.zeros((8, 8), np.float32)
+    box = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    # fit the digit's box into 32x32 (keeping its aspect ratio) with a random margin and shift, as the
+    # handwritten digits fill their 32x32 frame
+    h, w = box.shape
+    side = int(rng.integers(24, 33))
+    scale = side / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    small = np.asarray(Image.fromarray(box.astype(np.uint8) * 255).resize((nw, nh), Image.Resampling.BILINEAR)) > 127
+    frame = np.zeros((32, 32), bool)
+    top = int(np.clip((32 - nh) // 2 + rng.integers(-2, 3), 0, 32 - nh))
+    left = int(np.clip((32 - nw) // 2 + rng.integers(-2, 3), 0, 32 - nw))
+    frame[top : top + nh, left : left + nw] = small
+    return frame.reshape(8, 4, 8, 4).sum((1, 3)).astype(np.float32) / 16.0
+
+
+class FontDigits(Dataset):
+    """``n`` printed digits (labels balanced, order shuffled by ``seed``), rendered once on construction."""
+
+    NUM_CLASSES = 10
+
+    def __init__(self, n: int = 2000, seed: int = 0) -> None:
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"FontDigits: n must be an int >= 1, got {n!r}")
+        rng = np.random.default_rng(seed)
+        labels = rng.permutation(np.arange(n) % 10)
+        self.x = torch.from_numpy(np.stack([render_digit(int(d), rng) for d in labels]))[:, None]
+        self.y = torch.from_numpy(labels.astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.x[i], {TASK: self.y[i]}
+
+
+class HandDigits(Dataset):
+    """scikit-learn's 1797 handwritten 8x8 digits, one fixed half: ``part`` ``"adapt"`` or ``"test"``."""
+
+    NUM_CLASSES = 10
+
+    def __init__(self, part: str = "adapt") -> None:
+        if part not in ("adapt", "test", "all"):
+            raise ValueError(f"HandDigits: part must be 'adapt', 'test' or 'all', got {part!r}")
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        order = np.random.default_rng(12345).permutation(len(digits.target))  # fixed, whatever the run's seed
+        half = len(order) // 2
+        pick = {"adapt": order[:half], "test": order[half:], "all": order}[part]
+        self.x = torch.from_numpy((digits.images[pick] / 16.0).astype(np.float32))[:, None]
+        self.y = torch.from_numpy(digits.target[pick].astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.x[i], {TASK: self.y[i]}
+
+
+def domain_shift_digits(n_source: int = 2000, seed: int = 0) -> tuple[FontDigits, HandDigits, HandDigits]:
+    """``(source, target, test)``: printed digits (labelled), handwritten digits to adapt to (labels
+    unused), and the held-out handwritten digits for the final evaluation."""
+    return FontDigits(n_source, seed), HandDigits("adapt"), HandDigits("test")
