@@ -474,9 +474,11 @@ def test_memory_estimate_of_a_small_config(tmp_path: Path, eight_gib: None) -> N
     by_label = {p.label.split(" ")[0] + " " + p.label.split(" ")[1]: p.bytes for p in parts}
     assert by_label["data index"] == 8 * resources.BYTES_PER_INDEX
     model = build_model(cfg)
+    torch.manual_seed(0)
+    model.fill_specific()  # what the search holds after warm-up: a shared and a per-task bank at every choice
     params = sum(p.numel() for p in model.parameters())
     estimated = sum(p.bytes for p in parts if "parameters" in p.label) / (4 * 4)  # 4 bytes, 4 copies (Adam)
-    assert params * 0.5 <= estimated <= params * 2.5  # the same order as what build allocates
+    assert params * 0.8 <= estimated <= params * 1.25
 
 
 def test_memory_guard_uses_gpu_memory_for_cuda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

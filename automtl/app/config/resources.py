@@ -225,9 +225,10 @@ def estimate(ctx: Ctx, cfg: Any, out_channels: Mapping[str, int], n_items: int |
             p = c * hidden * 9 + 2 * hidden + hidden * k + k
             a = 2 * hidden * h * w + k * h * w + k * b.input_shape[1] * b.input_shape[2]
         at = ctx.first(("tasks", t, "hidden_channels"), ("tasks", t))
-        fix = f"lower {dotted(at)} ({tc.hidden_channels})" if at[-1] == "hidden_channels" else f"a smaller head for {t}"
-        parts.append(Part(f"tasks.{t} head parameters", p * 4 * copies, at, fix))
-        parts.append(Part(f"tasks.{t} head activations", a * batch * act_bytes, at, fix))
+        fix = (f"lower {dotted(at)} ({tc.hidden_channels})" if at[-1] == "hidden_channels"
+               else f"a smaller head for {dotted((t,))}")
+        parts.append(Part(f"{dotted(('tasks', t))} head parameters", p * 4 * copies, at, fix))
+        parts.append(Part(f"{dotted(('tasks', t))} head activations", a * batch * act_bytes, at, fix))
     return parts
 
 
