@@ -1,0 +1,241 @@
+"""MPNAS against its baselines on the built-in multi-domain suite, at an equal training budget.
+
+    python benchmarks/mpnas_quality.py --quick                 # the quick table: 3 seeds, under 15 min on 2 cores
+    python benchmarks/mpnas_quality.py --quick --seeds 1 --smoke   # a minute: the script runs end to end
+    python benchmarks/mpnas_quality.py                         # the larger table (32x32, more steps)
+
+Data: :func:`automtl.train.domains.domain_suite` (digits, textures, shapes, scenes, glyphs), every
+domain resized to the input. Backbone: :class:`automtl.model.blocks.SmallResNet` (a stem, two
+stages of two residual blocks; the four identity-shaped blocks are the searched block / zero
+choices). Methods, every final model trained from scratch for ``--steps`` steps of one batch per
+domain (same optimiser, batch and learning rate):
+
+* ``independent``: one backbone per domain, each trained alone on its domain;
+* ``single-path multi-head``: one backbone, every block, a head per domain (equal weighting);
+* ``multi-head search``: MPNAS with one controller for all domains (one path), equal weighting;
+* ``MPNAS equal``: per-domain controllers, the derived model trained with equal weighting;
+* ``MPNAS ABDP``: the same search, the derived model trained with ABDP.
+
+The searches' own ``--search-steps`` steps are on top (reported apart, as in the paper). Reported:
+per-domain and mean validation accuracy, params, FLOPs, CPU latency (one image per domain, median
+of 30 runs, one thread), mean ± std over seeds; then the targets checked, and seed 0's paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from automtl.model.blocks import SmallResNet, build_blocks
+from automtl.model.derive import MultiTaskModel, derive
+from automtl.search import TrainConfig, Trainer, evaluate
+from automtl.search.mpnas import MPNASConfig, MPNASSearcher
+from automtl.search.paths import jaccard
+from automtl.train.data import MultiDomain
+from automtl.train.domains import DomainSuite, domain_suite
+from automtl.train.tasks import classification_head
+
+METHODS = ("independent", "single-path multi-head", "multi-head search", "MPNAS equal", "MPNAS ABDP")
+
+
+def supermodel(suite: DomainSuite, domains: list[str], seed: int, width: int) -> Any:
+    torch.manual_seed(seed)
+    heads = {d: classification_head(width * 2, suite.num_classes[d]) for d in domains}
+    return build_blocks(SmallResNet(width, 2, 2), heads, input_shape=(3, suite.size, suite.size))
+
+
+def fresh(model: Any, pick: torch.Tensor, multi_domain: bool, seed: int) -> MultiTaskModel:
+    """The derived model of option indices ``pick``, re-initialised (training from scratch)."""
+    derived = derive(model, model.architecture_from_indices(pick), multi_domain=multi_domain)
+    torch.manual_seed(seed + 1)
+    for m in derived.modules():
+        if m is not derived and callable(getattr(m, "reset_parameters", None)):
+            m.reset_parameters()
+    return derived
+
+
+def train(model: MultiTaskModel, suite: DomainSuite, domains: list[str], args: argparse.Namespace, seed: int,
+          weighting: str = "equal") -> dict[str, float]:
+    tasks = {d: suite.tasks[d] for d in domains}
+    data = (MultiDomain({d: suite.domain(d) for d in domains}), MultiDomain({d: suite.domain(d, "val")
+                                                                             for d in domains}))
+    cfg = TrainConfig(batch_size=args.batch, weight_lr=args.lr, seed=seed, quiet=True, weighting=weighting)
+    Trainer(model, tasks, data, cfg).train(args.steps)
+    metrics = evaluate(model, tasks, DataLoader(data[1], batch_size=256, collate_fn=_collate))["metrics"]
+    return {d: metrics[d]["accuracy"] for d in domains}
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    from automtl.train.data import collate
+
+    return collate(items)
+
+
+def latency(models: list[MultiTaskModel], size: int, inputs: list[int]) -> float:
+    """Milliseconds of one forward of every model on one image per input (median of 30, one thread)."""
+    xs = [[torch.randn(1, 3, size, size) for _ in range(n)] for n in inputs]
+    for m in models:
+        m.eval()
+    with torch.no_grad():
+        for _ in range(3):
+            for m, x in zip(models, xs, strict=True):
+                m(*x)
+        times = []
+        for _ in range(30):
+            start = time.perf_counter()
+            for m, x in zip(models, xs, strict=True):
+                m(*x)
+            times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def row(acc: dict[str, float], models: list[MultiTaskModel], size: int, inputs: list[int]) -> dict[str, Any]:
+    reports = [m.report()["total"] for m in models]
+    return {"acc": acc, "mean": statistics.mean(acc.values()), "params": sum(r["params"] for r in reports),
+            "flops": sum(r["flops"] for r in reports), "latency": latency(models, size, inputs)}
+
+
+def run_seed(suite: DomainSuite, args: argparse.Namespace, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    domains = list(suite.tasks)
+    T = len(domains)
+    out: dict[str, Any] = {}
+    # independent: one backbone per domain
+    acc, models = {}, []
+    for d in domains:
+        m = supermodel(suite, [d], seed, args.width)
+        derived = fresh(m, torch.zeros(1, len(m.choices), dtype=torch.long), False, seed)
+        acc.update(train(derived, suite, [d], args, seed))
+        models.append(derived)
+    out["independent"] = row(acc, models, suite.size, [1] * T)
+    # single-path multi-head: every block, shared by all
+    m = supermodel(suite, domains, seed, args.width)
+    derived = fresh(m, torch.zeros(T, len(m.choices), dtype=torch.long), True, seed)
+    out["single-path multi-head"] = row(train(derived, suite, domains, args, seed), [derived], suite.size, [T])
+    # the searches
+    info: dict[str, Any] = {}
+    for controller, names in (("shared", ("multi-head search",)), ("per_domain", ("MPNAS equal", "MPNAS ABDP"))):
+        model = supermodel(suite, domains, seed, args.width)
+        cfg = MPNASConfig(search_steps=args.search_steps, train_steps=0, batch_size=args.batch, weight_lr=args.lr,
+                          policy_lr=args.policy_lr, cost_kind="flops", cost_target=args.cost_target,
+                          beta=args.beta, controller=controller, seed=seed, quiet=True)
+        searcher = MPNASSearcher(model, suite.tasks, suite.splits(), cfg)
+        start = time.perf_counter()
+        searcher.run_stages()
+        search_s = time.perf_counter() - start
+        arch = searcher.architecture()
+        pick = model.architecture_tensor(arch)
+        for name in names:
+            weighting = "abdp" if name == "MPNAS ABDP" else "equal"
+            derived = fresh(model, pick, True, seed)
+            out[name] = row(train(derived, suite, domains, args, seed, weighting), [derived], suite.size, [T])
+            out[name]["search_s"] = search_s
+        if controller == "per_domain":
+            from automtl.search.paths import block_paths, sharing
+
+            paths = block_paths(model, arch)
+            info = {"paths": paths, "sharing": sharing(model, arch), "jaccard": jaccard(paths),
+                    "probs": searcher.controller.probabilities().detach()[..., 0].tolist(),
+                    "blocks": [c.node for c in model.choices]}
+    return out, info
+
+
+def pm(values: list[float], fmt: str = "{:.3f}") -> str:
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
+
+
+def table(results: list[dict[str, Any]], domains: list[str]) -> list[str]:
+    lines = ["| method | " + " | ".join(domains) + " | mean acc | params | FLOPs | latency (ms) |",
+             "|---|" + "---|" * (len(domains) + 4)]
+    base = results[0]["independent"]
+    for name in METHODS:
+        rs = [r[name] for r in results]
+        cells = [pm([r["acc"][d] for r in rs]) for d in domains]
+        p = statistics.mean(r["params"] for r in rs)
+        f = statistics.mean(r["flops"] for r in rs)
+        cost = f"{p / 1e3:.1f}k ({100 * p / base['params']:.0f}%) | {f / 1e6:.2f}M ({100 * f / base['flops']:.0f}%)"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {pm([r['mean'] for r in rs])} | {cost} "
+                     f"| {pm([r['latency'] for r in rs], '{:.2f}')} |")
+    return lines
+
+
+def targets(results: list[dict[str, Any]]) -> list[str]:
+    def mean(name: str, key: str) -> float:
+        return statistics.mean(r[name][key] for r in results)
+
+    ind, abdp = "independent", "MPNAS ABDP"
+    checks = [
+        ("params <= 35% of independent", mean(abdp, "params") / mean(ind, "params") <= 0.35,
+         f"{100 * mean(abdp, 'params') / mean(ind, 'params'):.0f}%"),
+        ("FLOPs <= 70% of independent", mean(abdp, "flops") / mean(ind, "flops") <= 0.70,
+         f"{100 * mean(abdp, 'flops') / mean(ind, 'flops'):.0f}%"),
+        ("mean accuracy >= independent", mean(abdp, "mean") >= mean(ind, "mean"),
+         f"{mean(abdp, 'mean'):.3f} vs {mean(ind, 'mean'):.3f}"),
+        ("mean accuracy > single-path multi-head", mean(abdp, "mean") > mean("single-path multi-head", "mean"),
+         f"{mean(abdp, 'mean'):.3f} vs {mean('single-path multi-head', 'mean'):.3f}"),
+        ("ABDP >= equal weighting", mean(abdp, "mean") >= mean("MPNAS equal", "mean"),
+         f"{mean(abdp, 'mean'):.3f} vs {mean('MPNAS equal', 'mean'):.3f}"),
+    ]
+    return [f"| {what} | {'met' if ok else '**not met**'} | {value} |" for what, ok, value in checks]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="16x16 images, fewer steps (the quick table)")
+    ap.add_argument("--smoke", action="store_true", help="a few steps only: checks the script runs")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=None, help="write the markdown here (default: print)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    size, n_train, n_val = (16, 400, 200) if args.quick else (32, 800, 300)
+    args.width = 8 if args.quick else 16
+    args.steps, args.search_steps = (300, 300) if args.quick else (1200, 1000)
+    if args.smoke:
+        args.steps, args.search_steps, n_train, n_val = 4, 4, 32, 16
+    args.batch, args.lr, args.policy_lr, args.beta, args.cost_target = 16, 3e-3, 0.05, -0.1, 0.5
+    start = time.perf_counter()
+    suite = domain_suite(size, n_train, n_val, seed=0)
+    results, infos = [], []
+    for seed in range(args.seeds):
+        r, info = run_seed(suite, args, seed)
+        results.append(r)
+        infos.append(info)
+        print(f"seed {seed}: " + ", ".join(f"{k} {v['mean']:.3f}" for k, v in r.items()), file=sys.stderr)
+    minutes = (time.perf_counter() - start) / 60
+    domains = list(suite.tasks)
+    lines = [f"Suite {size}x{size}, {n_train} training / {n_val} validation images per domain; SmallResNet width "
+             f"{args.width}; final models {args.steps} steps, searches {args.search_steps} steps (+); batch "
+             f"{args.batch} per domain, Adam lr {args.lr}; reward absolute, beta {args.beta}, FLOPs target "
+             f"{args.cost_target} of the full path; {args.seeds} seed(s); {minutes:.1f} min on "
+             f"{platform.machine()} ({torch.get_num_threads()} thread). Accuracy on the validation images.", "",
+             *table(results, domains), "", "| target | | measured |", "|---|---|---|", *targets(results), ""]
+    info = infos[0]
+    blocks = info["blocks"]
+    lines += [f"Seed 0, MPNAS paths (1 = the block runs) over {', '.join(blocks)}:", "",
+              "| domain | " + " | ".join(blocks) + " | P(block) |", "|---|" + "---|" * (len(blocks) + 1)]
+    for d, probs in zip(domains, info["probs"], strict=True):
+        cells = ["1" if b in info["paths"][d] else "0" for b in info["blocks"]]
+        lines.append(f"| {d} | " + " | ".join(cells) + " | " + ", ".join(f"{p:.2f}" for p in probs) + " |")
+    lines += ["", "Jaccard similarity of the domains' block sets (seed 0):", "",
+              "| | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
+    for a in domains:
+        lines.append(f"| {a} | " + " | ".join(f"{info['jaccard'][a][b]:.2f}" for b in domains) + " |")
+    text = "\n".join(lines) + "\n"
+    if args.out is not None:
+        args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
