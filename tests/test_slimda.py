@@ -185,3 +185,121 @@ def test_spearman() -> None:
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486832980505138)
+
+
+# --- the strategy ------------------------------------------------------------------------------------
+def _tiny_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 16, 3, padding=1, stride=2), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def _searcher(method: str = "slimda", steps: int = 3, seed: int = 0, **kw):  # noqa: ANN202
+    from torch.utils.data import Subset
+
+    from automtl.model.width import build_slim_classifier
+    from automtl.search.slimda import SlimDAConfig, SlimDASearcher
+    from automtl.train.domain_shift import FontDigits, HandDigits
+    from automtl.train.tasks import Classification
+
+    torch.manual_seed(seed)
+    data = (FontDigits(48, seed=1), Subset(HandDigits("adapt"), range(48)), Subset(HandDigits("test"), range(40)))
+    model = build_slim_classifier(_tiny_net(), 10, input_shape=(1, 8, 8))
+    cfg = SlimDAConfig(method=method, steps=steps, batch_size=8, eval_batch_size=16, quiet=True, seed=seed,
+                       calibration_batches=2, budget_candidates=6, **kw)
+    return SlimDASearcher(model, {"digit": Classification("digit", 10)}, data, cfg)
+
+
+def test_the_strategy_by_name_and_from_a_config(tmp_path) -> None:  # noqa: ANN001
+    from automtl.app.config import load_config
+    from automtl.app.config.errors import ConfigError
+    from automtl.search import get_strategy
+    from automtl.search.slimda import SlimDAConfig, SlimDASearcher
+
+    assert get_strategy("slimda").loop is SlimDASearcher and get_strategy("slimda").options is SlimDAConfig
+    text = ("backbone: {name: tiny_cnn, input_shape: [1, 8, 16], trunk_output: block}\n"
+            "tasks: {left: {kind: classification}}\ndata: {name: multi_digits, images: 8}\ndevice: cpu\n"
+            "search:\n  strategy: slimda\n  widths: [1.0, 0.5, 0.125]\n  model_batch: 3\n  method: symnet\n")
+    (tmp_path / "run.yaml").write_text(text)
+    cfg = load_config(tmp_path / "run.yaml")
+    assert isinstance(cfg.search, SlimDAConfig) and cfg.strategy == "slimda"
+    assert cfg.search.widths == [0.125, 0.5, 1.0] and cfg.search.model_batch == 3 and cfg.search.method == "symnet"
+    (tmp_path / "bad.yaml").write_text(text.replace("model_batch: 3", "model_batch: 1"))
+    with pytest.raises(ConfigError, match="model_batch must be an int >= 2"):
+        load_config(tmp_path / "bad.yaml")
+    with pytest.raises(ValueError, match=r"SlimDAConfig.widths must be a non-empty list of fractions in \(0, 1\]"):
+        SlimDAConfig(widths=[0.5, 1.5])
+
+
+@pytest.mark.parametrize("method", ["slimda", "symnet", "source_only"])
+def test_each_method_trains_its_heads_and_the_trunk(method: str) -> None:
+    s = _searcher(method)
+    heads = {h: s.model.heads[h].weight.detach().clone() for h in ("cs", "ct", "ca")}
+    trunk = [p.detach().clone() for p in s.model.trunk.parameters()]
+    assert s.run()
+    rec = s.history["train"]
+    assert len(rec) == 3 and all(r["total"] > 0 for r in rec)
+    changed = {h: not torch.equal(heads[h], s.model.heads[h].weight) for h in heads}
+    assert changed == {"cs": True, "ct": method != "source_only", "ca": method == "slimda"}
+    assert any(not torch.equal(a, b) for a, b in zip(trunk, s.model.trunk.parameters(), strict=True))
+    assert ("seed" in rec[-1]) == (method == "slimda") and ("domain" in rec[-1]) == (method != "source_only")
+    assert s.model.deploy == {"slimda": "ca", "symnet": "ct", "source_only": "cs"}[method]
+    assert 0.0 <= s.accuracy(s.model.trunk.full()) <= 1.0
+
+
+def test_exact_resume(tmp_path, deterministic) -> None:  # noqa: ANN001
+    from automtl.search.checkpoint import load
+
+    straight = _searcher(steps=4)
+    straight.run()
+    first = _searcher(steps=4)
+    assert not first.run(stop_after=2, checkpoint=tmp_path / "c.pt")
+    second = _searcher(steps=4)
+    second.load_state_dict(load(tmp_path / "c.pt"))
+    assert second.run()
+    for a, b in zip(straight.model.state_dict().values(), second.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert [r["total"] for r in straight.history["train"]] == [r["total"] for r in second.history["train"]]
+
+
+def test_upem_ranks_a_damaged_network_below_the_anchor_and_an_intact_slice() -> None:
+    s = _searcher(steps=20)
+    s.run()
+    trunk = s.model.trunk
+    anchor = s.target_logits(trunk.full())
+    assert s.upem(trunk.full(), anchor) == pytest.approx(0.0, abs=1e-9)
+    intact = s.upem(trunk.uniform(0.75), anchor)
+    with torch.no_grad():
+        for p in trunk.parameters():
+            p.add_(torch.randn_like(p) * 0.5 * p.abs().mean())
+    damaged = s.upem(trunk.full(), anchor)
+    assert damaged > intact > 0.0
+
+
+def test_budget_search_and_derive_budget_from_the_cli(tmp_path, capsys) -> None:  # noqa: ANN001
+    import json
+
+    from automtl.app.cli import main
+    from automtl.search.slimda_budget import load_bank
+
+    s = _searcher(steps=2)
+    s.run()
+    found = s.search_budget(0.5)
+    assert found["flops"] <= 0.5 * found["full_flops"] and len(found["candidates"]) >= 2
+    assert found["upem"] == min(c["upem"] for c in found["candidates"])
+    with pytest.raises(ValueError, match="the smallest network .* needs"):
+        s.search_budget(0.001)
+    path = s.save_bank(tmp_path / "run")
+    assert path.name == "slimda.pt"
+    assert main(["derive", str(tmp_path / "run"), "--budget", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "UPEM" in out and "latency" in out
+    record = json.loads((tmp_path / "run" / "derived" / "slim-0.5.json").read_text())
+    assert record["flops_ratio"] <= 0.5 and (tmp_path / "run" / "derived" / "slim-0.5.onnx").is_file()
+    compact = torch.load(tmp_path / "run" / "derived" / "slim-0.5.pt", weights_only=False)
+    bank, _, images = load_bank(path)
+    bank.trunk.calibrate(record["widths"], images)
+    x = images[0]
+    assert torch.allclose(compact(x), bank(x)["digit"], atol=1e-5)  # the compact model is the bank's slice
+    assert main(["derive", str(tmp_path / "run"), "--budget", "0.0001"]) == 2
+    assert "the smallest network" in capsys.readouterr().err

@@ -187,6 +187,19 @@ def _derive_arguments(p: argparse.ArgumentParser) -> None:
                    help="also draw K architectures from the searched policy; keep the best on validation")
     p.add_argument("--out", default=None,
                    help="architecture file to write (default: RUN/derived/architecture-argmax.json or -sampleK.json)")
+    p.add_argument("--budget", type=float, default=None, metavar="B",
+                   help="a SlimDA run (RUN holds slimda.pt): write the network UPEM picks within B x the largest "
+                        "network's FLOPs (--out: its folder, default RUN/derived)")
+
+
+def _derive_budget(args: argparse.Namespace) -> int:
+    from ..search.slimda_budget import derive_budget
+
+    r = derive_budget(args.run_dir, args.budget, out=args.out)
+    print(f"wrote {r['model']} and {r.get('onnx', '(no ONNX)')}: {r['flops']:,} FLOPs ({r['flops_ratio']:.3f} of the "
+          f"largest network, budget {r['budget']:g}), {r['params']:,} params, UPEM {r['upem']:.4f} (best of "
+          f"{r['candidates']}), latency {r['latency_ms']:.3f} ms (batch 1, cpu)")
+    return 0
 
 
 def _derive_run(args: argparse.Namespace) -> int:
@@ -194,6 +207,8 @@ def _derive_run(args: argparse.Namespace) -> int:
 
     from .runs import RunError, derive_run
 
+    if args.budget is not None:
+        return _derive_budget(args)
     if args.sample < 0:
         raise ValueError(f"--sample must be >= 0, got {args.sample}")
     name = f"architecture-sample{args.sample}.json" if args.sample else "architecture-argmax.json"

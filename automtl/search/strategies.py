@@ -42,5 +42,16 @@ def get_strategy(name: str) -> Strategy:
 
 register_strategy(Strategy("automtl", Searcher, SearchConfig,
                            "per-task Gumbel-softmax policies over shared / specific / skip (AutoMTL)"))
+
+
+def _register_slimda() -> None:
+    from .slimda import SlimDAConfig, SlimDASearcher
+
+    register_strategy(Strategy("slimda", SlimDASearcher, SlimDAConfig,
+                               "a slimmable bank adapted to an unlabelled domain (SymNet + SEED + OSTC), "
+                               "a network per FLOPs budget picked by UPEM (SlimDA)"))
+
+
+_register_slimda()
 register_strategy(Strategy("mpnas", MPNASSearcher, MPNASConfig,
                            "per-domain REINFORCE controllers over block / zero paths, then ABDP training (MPNAS)"))

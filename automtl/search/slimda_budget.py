@@ -1,0 +1,184 @@
+"""SlimDA's architecture adaptation: the width configuration per FLOPs budget, chosen by UPEM.
+
+:func:`search_budget` samples width configurations of the bank under a FLOPs budget (the exact
+count of the compiler on the thin graph, :meth:`~automtl.model.width.SlimClassifier.flops`): each
+group's width is drawn from the width list, and while the network is over the budget one random
+group steps down to the next smaller width. Every candidate's batch norm is recalibrated on the
+target images, and its UPEM (discrepancy of its target predictions from the largest network's,
+:func:`~automtl.search.slimda_losses.upem`) is computed; the smallest UPEM wins. No target label
+is read.
+
+:func:`save_bank` / :func:`load_bank` write and read the bank a SlimDA run leaves
+(``slimda.pt``); :func:`derive_budget` is ``automtl derive RUN --budget B``: the chosen network as a
+plain compact model (``torch.save``'d module and ONNX), its UPEM, FLOPs and measured latency.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..model.width import SlimClassifier, SlimmableNet, Widths
+from .slimda_losses import upem
+
+__all__ = ["derive_budget", "load_bank", "measure_latency", "sample_under_budget", "save_bank", "search_budget"]
+
+
+@torch.no_grad()
+def _logits(model: SlimClassifier, widths: Widths, images: Sequence[torch.Tensor]) -> torch.Tensor:
+    model.eval()
+    model.trunk.calibrate(widths, images)
+    return torch.cat([model(x)[model.task_names[0]] for x in images])
+
+
+def sample_under_budget(model: SlimClassifier, widths: Sequence[float], limit: float, rng: random.Random) -> Widths:
+    """A random configuration whose FLOPs are at most ``limit``: drawn per group, then stepped down."""
+    ladder = sorted(widths)
+    cfg = model.trunk.random(ladder, rng)
+    while model.flops(cfg) > limit:
+        wide = [g for g, w in cfg.items() if w > ladder[0]]
+        if not wide:
+            break
+        g = rng.choice(wide)
+        cfg[g] = ladder[ladder.index(cfg[g]) - 1]
+    return cfg
+
+
+def search_budget(model: SlimClassifier, widths: Sequence[float], images: Sequence[torch.Tensor], budget: float,
+                  candidates: int = 64, seed: int = 0) -> dict[str, Any]:
+    """The configuration with the best (smallest) UPEM among ``candidates`` under ``budget`` x the
+    largest network's FLOPs; returns it with its FLOPs, ratio, UPEM and every candidate scored."""
+    if not isinstance(budget, int | float) or not 0 < budget <= 1:
+        raise ValueError(f"--budget must be a fraction of the largest network's FLOPs in (0, 1], got {budget!r}")
+    trunk: SlimmableNet = model.trunk
+    full = trunk.uniform(max(widths))
+    full_flops = model.flops(full)
+    limit = budget * full_flops
+    smallest = trunk.uniform(min(widths))
+    if model.flops(smallest) > limit:
+        ratio = model.flops(smallest) / full_flops
+        raise ValueError(f"budget {budget}: the smallest network (width {min(widths)} everywhere) needs {ratio:.4f} of "
+                         f"the largest network's FLOPs; ask for a budget of at least {ratio:.4f}")
+    rng = random.Random(seed)
+    pool: dict[tuple[tuple[str, float], ...], Widths] = {}
+    for w in sorted(widths, reverse=True):  # the widest uniform network that fits is always a candidate
+        if model.flops(trunk.uniform(w)) <= limit:
+            pool[tuple(sorted(trunk.uniform(w).items()))] = trunk.uniform(w)
+            break
+    tries = 0
+    while len(pool) < candidates and tries < 20 * candidates:
+        cfg = sample_under_budget(model, widths, limit, rng)
+        pool.setdefault(tuple(sorted(cfg.items())), cfg)
+        tries += 1
+    anchor = _logits(model, full, images)
+    scored = []
+    for cfg in pool.values():
+        flops = model.flops(cfg)
+        scored.append({"widths": cfg, "flops": flops, "flops_ratio": flops / full_flops,
+                       "upem": upem(_logits(model, cfg, images), anchor)})
+    best = min(scored, key=lambda r: (r["upem"], -r["flops"]))
+    return {**best, "budget": budget, "full_flops": full_flops, "candidates": scored}
+
+
+def measure_latency(module: torch.nn.Module, shape: Sequence[int], rounds: int = 30) -> float:
+    """Median milliseconds of one forward pass of a batch of ``shape`` (after a warm-up pass)."""
+    x = torch.randn(tuple(shape))
+    times = []
+    with torch.inference_mode():
+        module.eval()(x)
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            module(x)
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    return 1000 * times[len(times) // 2]
+
+
+# --- the bank on disk ------------------------------------------------------------------------------
+def save_bank(model: SlimClassifier, config: Any, images: Sequence[torch.Tensor], path: str | os.PathLike[str]) -> Path:
+    """Write the bank (graph, weights, heads), its SlimDA config and the target calibration images."""
+    from .slimda import BANK_FORMAT
+
+    path = Path(path)
+    if path.suffix != ".pt":
+        path = path / "slimda.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "format": BANK_FORMAT,
+        "graph": model.trunk.graph.copy(tensors=False),
+        "num_classes": model.num_classes,
+        "task": model.task_names[0],
+        "deploy": model.deploy,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": asdict(config) if not isinstance(config, Mapping) else dict(config),
+        "images": [x.detach().cpu() for x in images],
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        torch.save(state, tmp)
+    except Exception as exc:  # noqa: BLE001 - pickling a user's opaque operator may fail in any way
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"{path}: the bank could not be saved ({type(exc).__name__}: {exc}); a backbone with "
+                         "opaque Python calls cannot be pickled") from None
+    os.replace(tmp, path)
+    return path
+
+
+def load_bank(path: str | os.PathLike[str]) -> tuple[SlimClassifier, dict[str, Any], list[torch.Tensor]]:
+    """Read :func:`save_bank`'s file (or the ``slimda.pt`` of a run folder): the bank, its config, the images."""
+    from .slimda import BANK_FORMAT
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "slimda.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no SlimDA bank here; a slimda run writes one (SlimDASearcher.save_bank)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - a damaged file may fail in any way
+        raise ValueError(f"{path}: not a readable SlimDA bank ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or state.get("format") != BANK_FORMAT:
+        raise ValueError(f"{path}: not a SlimDA bank of format {BANK_FORMAT!r}")
+    model = SlimClassifier(SlimmableNet(state["graph"]), state["num_classes"], state["task"], state["deploy"])
+    model.load_state_dict(state["state_dict"])
+    return model.eval(), state["config"], state["images"]
+
+
+def derive_budget(run: str | os.PathLike[str], budget: float, out: str | os.PathLike[str] | None = None,
+                  onnx: bool = True, candidates: int | None = None) -> dict[str, Any]:
+    """The network of ``run``'s bank chosen by UPEM for ``budget``, written as a plain compact model.
+
+    Writes ``<out>/slim-<budget>.pt`` (the module, ``torch.load(weights_only=False)``), ``.onnx`` (checked
+    with onnxruntime) and ``.json`` (widths, FLOPs, UPEM, latency); returns that record.
+    """
+    model, config, images = load_bank(run)
+    widths = config.get("widths", [0.25, 0.5, 0.75, 1.0])
+    found = search_budget(model, widths, images, budget, candidates or config.get("budget_candidates", 64),
+                          seed=config.get("seed", 0))
+    model.trunk.calibrate(found["widths"], images)
+    compact = model.derive(found["widths"])
+    folder = Path(out) if out is not None else (Path(run) if Path(run).is_dir() else Path(run).parent) / "derived"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"slim-{budget:g}"
+    files = {ext: folder / f"{name}.{ext}" for ext in ("pt", "onnx", "json")}
+    shape = tuple(images[0].shape[1:])
+    torch.save(compact, files["pt"])
+    record = {k: found[k] for k in ("widths", "flops", "flops_ratio", "upem", "budget", "full_flops")}
+    record.update(params=sum(p.numel() for p in compact.parameters()), latency_ms=measure_latency(compact, (1, *shape)),
+                  candidates=len(found["candidates"]), model=str(files["pt"]))
+    if onnx:
+        from ..app.export import check_onnx, export_onnx
+
+        export_onnx(compact, files["onnx"], shape)
+        record["onnx"] = str(files["onnx"])
+        record["onnx_max_abs_diff"] = max(check_onnx(files["onnx"], compact, images[0][:2]).values())
+    files["json"].write_text(json.dumps(record, indent=1) + "\n")
+    return record
