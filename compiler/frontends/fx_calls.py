@@ -161,7 +161,7 @@ def _index(node: fx.Node, x: Any, index: Any) -> Plain:
                      "steps": [c[3] for c in cuts]}, [x]
 
 
-def split_name(node: Any) -> bool:
+def is_split(node: Any) -> bool:
     """True for a ``split`` / ``chunk`` / ``tensor_split`` call (function or method)."""
     if not isinstance(node, fx.Node) or node.op not in ("call_function", "call_method"):
         return False
@@ -173,7 +173,7 @@ def _getitem(node: fx.Node) -> Plain:
     src, index = node.args
     value = static_value(src)
     if isinstance(value, (tuple, list)) and isinstance(index, int):
-        if split_name(src) and is_batched(src):
+        if is_split(src) and is_batched(src):
             return _piece(node, src, index)
         return "getitem", {"index": index}, [src]
     if isinstance(value, torch.Tensor):

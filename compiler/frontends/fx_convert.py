@@ -183,6 +183,7 @@ def const(value: Any) -> Any:
 
 
 def norm_kwargs(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """All arguments by name, by torch's schema of ``fn`` (Unsupported when it does not match one)."""
     from torch.fx.operator_schemas import normalize_function
 
     out = normalize_function(fn, args, kwargs, normalize_to_only_use_kwargs=True)
@@ -192,6 +193,7 @@ def norm_kwargs(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
 
 
 def fetch(gm: fx.GraphModule, target: str) -> Any:
+    """The attribute a ``get_attr`` target names (``layer1.0.gamma``)."""
     obj: Any = gm
     for part in target.split("."):
         obj = getattr(obj, part)
@@ -219,6 +221,7 @@ def batch_shape(x: Any) -> tuple[int, ...]:
 
 
 def out_shape(node: fx.Node) -> tuple[int, ...]:
+    """The node's static output shape; Unsupported when the tracer could not replay it."""
     shape = static_shape(node)
     if shape is None:
         raise Unsupported
@@ -254,6 +257,7 @@ def is_size(value: Any) -> bool:
 
 
 def binary(kind: str, a: Any, b: Any) -> tuple[str, dict[str, Any], list[fx.Node]]:
+    """An element-wise op on two values, or on a value and a Python scalar (either side)."""
     if is_size(a) or is_size(b):
         raise Unsupported  # arithmetic on sizes: kept as an opaque call that computes the int
     if isinstance(a, fx.Node) and isinstance(b, fx.Node):
@@ -266,6 +270,7 @@ def binary(kind: str, a: Any, b: Any) -> tuple[str, dict[str, Any], list[fx.Node
 
 
 def dims_of(value: Any) -> list[int]:
+    """One axis or several, as a list of constants."""
     return list(const(value)) if isinstance(value, (list, tuple)) else [const(value)]
 
 
