@@ -224,6 +224,15 @@ def test_candidates_are_kept_and_reused_across_runs(tmp_path: Path) -> None:
     assert again == [] and res[0].selection is not None  # every network came from its kept result
     kept = json.loads((tmp_path / "networks" / "a+b.full.3.json").read_text())
     assert set(kept["val"]) == {"a", "b"} and kept["seconds"] > 0
+    # the kept weights give the trained network back: its validation losses are the recorded ones
+    from automtl.search.trainer import evaluate
+
+    ct = _trainer(tmp_path, again)
+    cand = Candidate(("a", "b"), FULL, 3)
+    net = ct.model(cand)
+    loader = torch.utils.data.DataLoader(ct.splits[1], batch_size=64)
+    ev = evaluate(net, {t: ct.tasks[t] for t in ("a", "b")}, loader)
+    assert ev["loss"] == pytest.approx(kept["val"], rel=1e-5)
 
 
 def test_budget_below_the_cheapest_cover_is_reported_not_raised(tmp_path: Path) -> None:
@@ -305,11 +314,16 @@ def test_group_train_command_writes_tables_and_resumes(tmp_path: Path, capsys: p
     for name in ("val.csv", "test.csv", "selections.json", "group-run.json"):
         assert (out / name).is_file()
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "networks").iterdir()}
-    assert len(stamps) == 3 + 2
-    assert main([*args, "--json"]) == 0  # resumed: nothing retrained
+    assert len(stamps) == 2 * (3 + 2)  # a result and its weights per network
+    assert main([*args, "--json", "--export"]) == 0  # resumed: nothing retrained
     data = json.loads(capsys.readouterr().out)
     assert [r["budget"] for r in data["results"]] == [1, 1.5, 2]
     assert {p.name: p.stat().st_mtime_ns for p in (out / "networks").iterdir()} == stamps
+    assert (out / "pictures" / "selection_exhaustive.png").stat().st_size > 0
+    report = json.loads((out / "grouped" / "exhaustive_b2.json").read_text())
+    assert (out / "grouped" / "exhaustive_b2.onnx").stat().st_size > 0
+    assert set(report["per_task"]) == {"depth", "edges"} and report["latency_ms"] > 0
+    assert report["test_loss"] == pytest.approx(data["results"][2]["selection"]["loss"])
     assert main(["group", "select", str(out / "val.csv"), "--budget", "2", "--score-with", str(out / "test.csv"),
                  "--json"]) == 0
     sel = json.loads(capsys.readouterr().out)
@@ -325,5 +339,6 @@ def test_group_train_tag_mode_from_python(tmp_path: Path) -> None:
                       options=GroupTrainConfig(steps=2, tag_every=1, half=False))
     tag = json.loads((tmp_path / "tag" / "tag.json").read_text())
     assert tag["count"] == 2 and len(tag["matrix"]) == 2
+    assert (tmp_path / "tag" / "pictures" / "affinity.png").is_file()
     assert res[0].selection.networks[0].tasks == ("depth", "edges") and res[0].selection.scored
     assert len(res[1].selection.networks) in (1, 2)

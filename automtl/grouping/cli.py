@@ -132,6 +132,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--esa-fraction", type=float, default=0.2, help="esa: the fraction of the steps (default 0.2)")
     p.add_argument("--no-half", action="store_true", help="train no half-size networks")
     p.add_argument("--tag-every", type=int, default=5, help="tag: steps between affinity records (default 5)")
+    p.add_argument("--export", action="store_true",
+                   help="also write each selection as one grouped model: grouped/<mode>_b<budget>.onnx and .json")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -148,7 +150,8 @@ def _train_run(args: argparse.Namespace) -> int:
     options = GroupTrainConfig(steps=steps, esa_fraction=args.esa_fraction, half=not args.no_half,
                                tag_every=args.tag_every)
     log = None if args.quiet or args.json else (lambda m: print(m, file=sys.stderr, flush=True))
-    results = group_train(cfg, args.out, mode=args.mode, budgets=args.budgets, options=options, log=log)
+    results = group_train(cfg, args.out, mode=args.mode, budgets=args.budgets, options=options, log=log,
+                          export=args.export)
     if args.json:
         print(json.dumps({"out": str(args.out), "results": [r.to_dict() for r in results]}))
         return 0

@@ -10,11 +10,14 @@ from a user factory keeps the full output width instead, so its factory's head s
 The run directory holds::
 
     group-run.json       the resolved config and the grouping options (a resume must match them)
-    networks/*.json      one result per trained network (kept: a rerun trains only what is missing)
+    networks/*.json      one result per trained network (kept: a rerun trains only what is missing),
+    networks/*.pt        and its trained weights
     val.csv, test.csv    the fully trained networks' validation and test losses (automtl's CSV)
     esa_val.csv          the early-stopped networks' validation losses (mode esa)
     tag.json             the TAG affinity matrix (mode tag)
     selections.json      per budget: the selection, its scored test loss, the training seconds it needed
+    pictures/            selection_<mode>.png (networks per budget), affinity.png (mode tag)
+    grouped/             with ``export``: <mode>_b<budget>.onnx, one model per selection, and its report .json
 """
 
 from __future__ import annotations
@@ -107,10 +110,11 @@ def _claim(out: Path, manifest: dict[str, Any]) -> None:
 
 def group_train(cfg: Any, out: str | os.PathLike[str], *, mode: str = "exhaustive",
                 budgets: Sequence[float] | None = None, options: GroupTrainConfig | None = None,
-                data: Any = None, quiet: bool = True, log: Callable[[str], None] | None = None
-                ) -> list[MethodResult]:
+                data: Any = None, quiet: bool = True, log: Callable[[str], None] | None = None,
+                export: bool = False) -> list[MethodResult]:
     """Train the candidates ``mode`` needs for ``cfg``'s tasks into ``out``, select at every budget
-    (default 1 .. number of tasks) and write the tables and ``selections.json``; returns the results."""
+    (default 1 .. number of tasks) and write the tables, ``selections.json`` and pictures; with ``export``
+    also each selection as one grouped model (ONNX and report, ``grouped/``). Returns the results."""
     from ..app.config import build_dataset, build_tasks
 
     options = options or GroupTrainConfig()
@@ -129,7 +133,48 @@ def group_train(cfg: Any, out: str | os.PathLike[str], *, mode: str = "exhaustiv
         affinity = _tag(cfg, ct, out)
     results = run_method(ct, mode, budgets, affinity)
     write_results(out, ct, results)
+    _pictures(out, mode, results, affinity)
+    if export:
+        export_groupings(ct, results, out / "grouped", tuple(cfg.backbone.input_shape))
     return results
+
+
+def _pictures(out: Path, mode: str, results: Sequence[MethodResult], affinity: Any) -> None:
+    """``pictures/selection_<mode>.png`` (the selections per budget) and, for TAG, ``pictures/affinity.png``."""
+    from .pictures import affinity_picture, selection_picture
+
+    chosen = [r.selection for r in results if r.selection is not None]
+    if chosen:
+        selection_picture(chosen, out / "pictures" / f"selection_{mode}.png", title=f"{mode} selections")
+    if affinity is not None:
+        affinity_picture(affinity.matrix, affinity.tasks, out / "pictures" / "affinity.png", title="TAG affinity")
+
+
+def export_groupings(ct: CandidateTrainer, results: Sequence[MethodResult], folder: str | os.PathLike[str],
+                     input_shape: Sequence[int]) -> list[Path]:
+    """For every selection: one grouped model (:mod:`.model`) as ``<method>_b<budget>.onnx`` and its report
+    (params, FLOPs, latency, per task) as ``<method>_b<budget>.json``; returns the ONNX paths."""
+    from ..app.export import export_onnx
+    from ..app.integrity import atomic_write_text
+    from .model import selection_model
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for r in results:
+        if r.selection is None:
+            continue
+        models = {(n.tasks, n.cost): ct.model(c) for n, c in zip(r.selection.networks, ct.full(r.selection.networks),
+                                                                strict=True)}
+        grouped = selection_model(r.selection, models)
+        stem = f"{r.method}_b{r.budget:g}"
+        path = folder / f"{stem}.onnx"
+        export_onnx(grouped, path, tuple(input_shape))
+        report = grouped.report(latency_shape=(1, *input_shape))
+        atomic_write_text(folder / f"{stem}.json", json.dumps({"budget": r.budget, "method": r.method,
+                                                                "test_loss": r.selection.loss, **report}, indent=1))
+        paths.append(path)
+    return paths
 
 
 def _tag(cfg: Any, ct: CandidateTrainer, out: Path) -> Any:

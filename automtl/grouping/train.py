@@ -114,7 +114,8 @@ class CandidateTrainer:
 
     ``data`` is one dataset (split into train/val/test by ``options.split_fractions`` with ``train_config.seed``)
     or a ``(train, val, test)`` triple. A result holds the network's per-task validation and test losses, its
-    training seconds, parameters and FLOPs.
+    training seconds, parameters and FLOPs; the weights are kept beside it (``.pt``), or in memory without a
+    folder, so :meth:`model` gives the trained network back.
     """
 
     def __init__(self, tasks: Mapping[str, Task], make_network: NetworkFactory, data: Any,
@@ -134,6 +135,7 @@ class CandidateTrainer:
         if self.folder is not None:
             (self.folder / "networks").mkdir(parents=True, exist_ok=True)
         self.results: dict[str, dict[str, Any]] = {}
+        self.models: dict[str, nn.Module] = {}  # trained networks, when there is no folder to keep their weights
         self.log = log or (lambda message: None)
 
     # --- one network ----------------------------------------------------------------------------
@@ -159,15 +161,36 @@ class CandidateTrainer:
                                     "that network") from None
             self.results[cand.key] = rec
             return rec
-        rec = self._train(cand)
+        rec, net = self._train(cand)
         if path is not None:
             from ..app.integrity import atomic_write_text
 
-            atomic_write_text(path, json.dumps(rec, indent=1))
+            weights = path.with_suffix(".pt")
+            tmp = weights.with_name(f".{weights.name}.tmp")
+            torch.save(net.state_dict(), tmp)
+            os.replace(tmp, weights)
+            atomic_write_text(path, json.dumps(rec, indent=1))  # last: a result without its weights never exists
+        else:
+            self.models[cand.key] = net
         self.results[cand.key] = rec
         return rec
 
-    def _train(self, cand: Candidate) -> dict[str, Any]:
+    def model(self, cand: Candidate) -> nn.Module:
+        """The trained network of ``cand`` (rebuilt and loaded from its kept weights), in eval mode."""
+        self.result(cand)
+        if cand.key in self.models:
+            return self.models[cand.key].eval()
+        path = self._path(cand)
+        weights = path.with_suffix(".pt") if path is not None else None
+        if weights is None or not weights.is_file():
+            raise GroupingError(f"network {cand.key}: its weights were not kept ({weights}); delete its result to "
+                                "train it again")
+        with torch.random.fork_rng(devices=[]):
+            net = self.make_network(cand.tasks, cand.size)
+        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        return net.eval()
+
+    def _train(self, cand: Candidate) -> tuple[dict[str, Any], nn.Module]:
         unknown = [t for t in cand.tasks if t not in self.tasks]
         if unknown or not cand.tasks:
             raise GroupingError(f"network {cand.key}: unknown task {unknown[0] if unknown else '(none)'!r}; "
@@ -190,7 +213,7 @@ class CandidateTrainer:
             "val": val["loss"], "test": test["loss"], "val_metrics": val["metrics"], "test_metrics": test["metrics"],
             "seconds": seconds, "params": sum(p.numel() for p in net.parameters()),
             "flops": int(graph.flops) if graph is not None else None,
-        }
+        }, net.cpu()
 
     # --- tables ---------------------------------------------------------------------------------
     def table(self, cands: Iterable[Candidate], split: str = "val", source: str | None = None) -> Table:
