@@ -307,3 +307,29 @@ def test_controllers_learn_that_one_domain_is_best_served_by_skipping(determinis
         skipped += arch.branch("layers.0", "colour") == "zero"
         kept += arch.branch("layers.0", "pattern") == "block"
     assert skipped >= 2 and kept >= 2
+
+
+def test_the_derived_multi_domain_model_exports_to_onnx_one_input_and_output_per_domain(tmp_path: Path) -> None:
+    from automtl.app.export import check_onnx, export_onnx
+
+    model = _model({"a": 3, "b": 5}).eval()
+    derived = derive(model, model.architecture_from_indices(torch.tensor([[0, 1, 0, 1], [1, 1, 0, 0]])),
+                     multi_domain=True).eval()
+    proto = export_onnx(derived, tmp_path / "m.onnx", [(3, 8, 8), (3, 8, 8)])
+    assert len(proto.graph.input) == 2 and [o.name for o in proto.graph.output] == ["a", "b"]
+    diffs = check_onnx(tmp_path / "m.onnx", derived, [torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)])
+    assert set(diffs) == {"a", "b"} and max(diffs.values()) < 1e-4
+
+
+def test_show_draws_the_domain_paths_and_their_jaccard_matrix(tmp_path: Path) -> None:
+    from automtl.app.block_pictures import block_grid, block_jaccard
+    from automtl.app.pictures import render_all
+
+    model = _model({"a": 3, "b": 5, "c": 2})
+    arch = model.architecture_from_indices(torch.tensor([[0, 1, 0, 1], [1, 1, 0, 1], [1, 1, 1, 1]]))
+    blocks, rows = block_grid(arch)
+    assert blocks == ["layers.0", "layers.1", "layers.3", "layers.4"]
+    assert rows[0] == ["specific", "skipped", "shared", "skipped"] and rows[2] == ["skipped"] * 4
+    assert block_jaccard(arch)[0][1] == 0.5 and block_jaccard(arch)[0][2] == 0.0
+    paths = render_all(arch, tmp_path / "pictures", history={"search": [{"step": 0, "loss": {"a": 1.0}}]})
+    assert {"paths", "jaccard"} <= set(paths) and all(p.stat().st_size > 1000 for p in paths.values())

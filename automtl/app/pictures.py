@@ -447,6 +447,10 @@ def render_all(result_or_arch: Any, out_dir: str | os.PathLike,
         raise TypeError(f"render_all takes an Architecture or a SearchResult, got {type(result_or_arch).__name__}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    from .block_pictures import is_block_architecture, render_blocks
+
+    if is_block_architecture(arch):  # an MPNAS search: domain paths over blocks, and their Jaccard matrix
+        return render_blocks(arch, out, history)
     paths = {"sharing": sharing_picture(arch, out / "sharing.png"),
              "similarity": similarity_matrix(arch, out / "similarity.png")[0]}
     if history and _loss_records(history):
