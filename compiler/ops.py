@@ -870,6 +870,7 @@ def _infer_expand(node: Node, shapes: list[Shape]) -> Shape:
 register(
     OpKind("expand", _infer_expand, function=expand_keep_batch, kwargs=lambda n: {"shape": tuple(n.attrs["shape"])})
 )
+_unary("mish", F.mish)  # x * tanh(softplus(x)) (CSPDarknet)
 
 
 # --- prototxt forks and Caffe variants: ShuffleChannel, LRN within a channel ---------------------

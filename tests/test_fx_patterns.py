@@ -402,3 +402,20 @@ def test_tied_calls_count_flops_like_their_kind(randomize) -> None:
     g = automtl.compile(randomize(Siamese()), input_shape=(3, 6, 6))
     conv = 2 * (4 * 6 * 6) * (3 * 3 * 3)  # 2 x MACs of one call
     assert g["conv"].flops == g["conv_1"].flops == conv and g["bn_1"].flops == 2 * 4 * 6 * 6
+
+
+class MoreActivations(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gelu, self.softplus, self.mish = nn.GELU(approximate="tanh"), nn.Softplus(), nn.Mish()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.gelu(x) + F.gelu(x, approximate="tanh") + F.gelu(x, approximate="none")
+        return y + self.softplus(x) + F.softplus(x) + self.mish(x) + F.mish(x)
+
+
+def test_tanh_gelu_softplus_mish_are_typed(assert_same) -> None:
+    g = compile_quietly(MoreActivations(), (3, 4, 4))
+    kinds = Counter(n.kind for n in g)
+    assert (kinds["gelu_tanh"], kinds["gelu"], kinds["softplus"], kinds["mish"]) == (2, 1, 2, 2)
+    assert_same(MoreActivations(), g, batch=3)

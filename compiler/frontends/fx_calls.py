@@ -237,6 +237,8 @@ def _pool_attrs(t: Any, kw: dict[str, Any]) -> Plain:
 
 def _plain_function(node: fx.Node) -> Plain:
     t, args, kwargs = node.target, node.args, dict(node.kwargs)
+    if t is F.gelu and kwargs.get("approximate") == "tanh":
+        return "gelu_tanh", {}, [_unary(args, {k: v for k, v in kwargs.items() if k != "approximate"})]
     if t in UNARY_FUNCTIONS:
         return UNARY_FUNCTIONS[t], {}, [_unary(args, kwargs)]
     if t in BINARY:

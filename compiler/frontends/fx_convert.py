@@ -112,7 +112,9 @@ MODULES: dict[type[nn.Module], Callable[[nn.Module], tuple[str, dict[str, Any]]]
     nn.Hardswish: lambda m: ("hardswish", {}),
     nn.Hardsigmoid: lambda m: ("hardsigmoid", {}),
     nn.SiLU: lambda m: ("silu", {}),
-    nn.GELU: lambda m: _only("gelu", {}, m.approximate == "none"),
+    nn.GELU: lambda m: ("gelu", {}) if m.approximate == "none" else ("gelu_tanh", {}),
+    nn.Softplus: lambda m: _only("softplus", {}, m.beta == 1 and m.threshold == 20),
+    nn.Mish: lambda m: ("mish", {}),
     nn.ELU: lambda m: ("elu", {"alpha": m.alpha}),
     nn.Hardtanh: lambda m: ("clip", {"min": m.min_val, "max": m.max_val}),
     nn.Softmax: lambda m: ("softmax", {"dim": m.dim}),
@@ -143,7 +145,7 @@ def convert_module(mod: nn.Module, node: fx.Node) -> Typed:
 UNARY_FUNCTIONS: dict[Any, str] = {
     F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid",
     torch.tanh: "tanh", F.tanh: "tanh", F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid", F.silu: "silu",
-    F.gelu: "gelu",
+    F.gelu: "gelu", F.softplus: "softplus", F.mish: "mish",
 }
 UNARY_METHODS = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "relu_": "relu", "sigmoid_": "sigmoid"}
 BINARY = {
