@@ -4,14 +4,15 @@ HOA, ESA and TAG vs the exhaustive selection; the training time each method need
     python benchmarks/grouping_quality.py --out docs/grouping_bench.md          # 3 seeds, a few minutes per seed
     AUTOMTL_BENCH_QUICK=1 python benchmarks/grouping_quality.py                 # seconds: 2 tasks, few steps
 
-Four dense tasks of :class:`automtl.train.data.SyntheticScenes` (segmentation, depth, normals, edges; the
-dataset has no fifth dense target) on the zoo's ``tiny_cnn`` trunk cut after its residual block (stride 2),
-one dense head per task (16 hidden channels, 8 on half networks). Candidates: a full network per task subset
-and a half network (:func:`automtl.compiler.width.half_size`, about half the FLOPs) per task, every one trained
-from scratch for the same steps with the same optimiser and batch. Selection on validation losses, scoring on
-test losses of fully trained networks (the sum over tasks of each task's loss; depth in tenths of scene
-units). Baselines at each budget B: the all-in-one network (cost 1) and independent single-task networks
-(full or half, the best such set of cost <= B on validation). Runs on the CPU with one thread.
+Five dense tasks of :class:`automtl.train.data.SyntheticScenes` (segmentation, depth, normals, edges, and
+shading: the Lambertian shading map, an L1 regression like depth) on the zoo's ``tiny_cnn`` trunk cut after
+its residual block (stride 2), one dense head per task (16 hidden channels, fewer on half networks).
+Candidates: a full network per task subset and a half network (:func:`automtl.compiler.width.half_size`, about
+half the FLOPs) per task, every one trained from scratch for the same steps with the same optimiser and batch.
+Selection on validation losses, scoring on test losses of fully trained networks (the sum over tasks of each
+task's loss; depth in tenths of scene units). Baselines at each budget B: the all-in-one network (cost 1) and
+independent single-task networks (full or half, the best such set of cost <= B on validation). Runs on the CPU
+with one thread.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from automtl.search.loop import TrainConfig
 from automtl.train.data import SyntheticScenes
 from automtl.train.tasks import Depth, Edges, Normals, Segmentation, Task, dense_head
 
-TASKS = ("segmentation", "depth", "normals", "edges")
+TASKS = ("segmentation", "depth", "normals", "edges", "shading")
 DEPTH_SCALE = 10.0
 METHODS = ("exhaustive", "hoa", "esa", "tag")
 
@@ -66,7 +67,8 @@ class Rendered(Dataset):
 
 def make_tasks(names: tuple[str, ...]) -> dict[str, Task]:
     kinds = {"segmentation": lambda: Segmentation("segmentation", 4), "depth": lambda: Depth("depth"),
-             "normals": lambda: Normals("normals"), "edges": lambda: Edges("edges")}
+             "normals": lambda: Normals("normals"), "edges": lambda: Edges("edges"),
+             "shading": lambda: Depth("shading")}
     return {t: kinds[t]() for t in names}
 
 
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="write every result here")
     p.add_argument("--work", default=None, help="folder for the trained networks' results (resumable)")
     args = p.parse_args(argv)
-    args.tasks, args.steps, args.images, args.size, args.batch = 4, 300, 600, 16, 32
+    args.tasks, args.steps, args.images, args.size, args.batch = 5, 250, 600, 16, 32
     args.lr, args.esa_fraction, args.tag_every = 2e-3, 0.2, 5
     args.budgets = [1, 1.5, 2, 2.5, 3, 4, 5]
     if args.quick:

@@ -342,3 +342,13 @@ def test_group_train_tag_mode_from_python(tmp_path: Path) -> None:
     assert (tmp_path / "tag" / "pictures" / "affinity.png").is_file()
     assert res[0].selection.networks[0].tasks == ("depth", "edges") and res[0].selection.scored
     assert len(res[1].selection.networks) in (1, 2)
+
+
+def test_synthetic_scenes_fifth_target_shading_only_when_asked_for() -> None:
+    from automtl.train.data import SyntheticScenes
+
+    assert list(SyntheticScenes(2, size=16)[0][1]) == ["segmentation", "depth", "normals", "edges"]
+    x, y = SyntheticScenes(2, size=16, tasks=("depth", "shading"))[1]
+    assert y["shading"].shape == (1, 16, 16) and y["shading"].dtype == torch.float32
+    assert 0.35 <= float(y["shading"].min()) and float(y["shading"].max()) <= 1.0
+    assert float(y["shading"].std()) > 0  # lit shapes: not a constant map

@@ -214,6 +214,9 @@ class SyntheticScenes(Dataset):
     """
 
     TASKS = ("segmentation", "depth", "normals", "edges")
+    #: targets returned only when asked for by name: ``shading``, float32 (1, size, size) in [0.35, 1],
+    #: the Lambertian shading the image was lit with
+    EXTRA_TASKS = ("shading",)
 
     def __init__(
         self,
@@ -236,9 +239,10 @@ class SyntheticScenes(Dataset):
             raise ValueError(f"noise must be a number in [0, 1), got {noise!r}")
         self.noise = float(noise)
         chosen = tuple(self.TASKS if tasks is None else tasks)
-        unknown = [t for t in chosen if t not in self.TASKS]
+        unknown = [t for t in chosen if t not in self.TASKS + self.EXTRA_TASKS]
         if unknown or not chosen:
-            raise ValueError(f"unknown or no tasks {unknown or list(chosen)}; available: {list(self.TASKS)}")
+            raise ValueError(f"unknown or no tasks {unknown or list(chosen)}; available: "
+                             f"{list(self.TASKS + self.EXTRA_TASKS)}")
         self.tasks = chosen
         self.kinds = SHAPE_KINDS[: self.num_classes - 1]
 
@@ -291,6 +295,7 @@ class SyntheticScenes(Dataset):
             "normals": normals,
             "edges": segmentation_edges(seg)[None],
             "instances": inst,
+            "shading": shade[None],
         }
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
