@@ -91,6 +91,32 @@ def test_tag_affinity_matrix_equals_a_hand_computation_and_leaves_training_uncha
         torch.testing.assert_close(p, q)
 
 
+class DropLinear(TwoLinear):
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(0.5)
+        self.norm = nn.BatchNorm1d(2)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.drop(self.norm(self.shared(x)))
+        return {t: self.heads[t](h).reshape(-1, 1, 1, 1) for t in self.task_names}
+
+
+def test_tag_leaves_random_draws_and_buffers_of_the_training_alone() -> None:
+    from automtl.search.trainer import Trainer
+
+    data = Pairs(8)
+    tasks = {t: Depth(t) for t in ("a", "b")}
+    config = TrainConfig(batch_size=4, quiet=True)
+    tagged, plain = DropLinear(), DropLinear()
+    t = TagTrainer(tagged, tasks, (data, data), config, every=1)
+    t.train(4)
+    Trainer(plain, tasks, (data, data), config).train(4)
+    assert t.affinity().count == 4
+    for (name, a), b in zip(tagged.state_dict().items(), plain.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+
+
 def test_tag_trains_only_trunk_lookaheads_and_averages_every_k_steps() -> None:
     data = Pairs(8)
     tasks = {t: Depth(t) for t in ("a", "b")}

@@ -126,6 +126,16 @@ def affinity_step(model: nn.Module, shared: Sequence[nn.Parameter], grads: Mappi
     saved = [p.data.clone() for p in shared]
     buffers = [(b, b.data.clone()) for b in model.buffers()]
     z = np.zeros((len(names), len(names)))
+    devices = sorted({p.device.index or 0 for p in shared if p.device.type == "cuda"})
+    # the lookahead forwards draw no random numbers the training would have drawn (dropout)
+    with torch.random.fork_rng(devices=devices):
+        _lookaheads(shared, saved, buffers, grads, before, recompute, lr, names, z)
+    return z
+
+
+def _lookaheads(shared: Sequence[nn.Parameter], saved: list[torch.Tensor], buffers: list[tuple[torch.Tensor, Any]],
+                grads: Mapping[str, torch.Tensor], before: Mapping[str, float],
+                recompute: Callable[[], Mapping[str, Any]], lr: float, names: Sequence[str], z: np.ndarray) -> None:
     try:
         for i, ti in enumerate(names):
             offset = 0
@@ -143,7 +153,6 @@ def affinity_step(model: nn.Module, shared: Sequence[nn.Parameter], grads: Mappi
             p.data.copy_(s)
         for b, s in buffers:
             b.data.copy_(s)
-    return z
 
 
 def tag_affinity(model: nn.Module, tasks: Mapping[str, Task], data: Any, config: TrainConfig, steps: int,
