@@ -24,6 +24,7 @@ of 30 runs, one thread), mean ± std over seeds; then the targets checked, and s
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import statistics
 import sys
@@ -38,7 +39,7 @@ from automtl.model.blocks import SmallResNet, build_blocks
 from automtl.model.derive import MultiTaskModel, derive
 from automtl.search import TrainConfig, Trainer, evaluate
 from automtl.search.mpnas import MPNASConfig, MPNASSearcher
-from automtl.search.paths import jaccard
+from automtl.search.paths import FixedPath, jaccard, reinitialise
 from automtl.train.data import MultiDomain
 from automtl.train.domains import DomainSuite, domain_suite
 from automtl.train.tasks import classification_head
@@ -52,25 +53,20 @@ def supermodel(suite: DomainSuite, domains: list[str], seed: int, width: int) ->
     return build_blocks(SmallResNet(width, 2, 2), heads, input_shape=(3, suite.size, suite.size))
 
 
-def fresh(model: Any, pick: torch.Tensor, multi_domain: bool, seed: int) -> MultiTaskModel:
-    """The derived model of option indices ``pick``, re-initialised (training from scratch)."""
-    derived = derive(model, model.architecture_from_indices(pick), multi_domain=multi_domain)
-    torch.manual_seed(seed + 1)
-    for m in derived.modules():
-        if m is not derived and callable(getattr(m, "reset_parameters", None)):
-            m.reset_parameters()
-    return derived
-
-
-def train(model: MultiTaskModel, suite: DomainSuite, domains: list[str], args: argparse.Namespace, seed: int,
-          weighting: str = "equal") -> dict[str, float]:
+def train(model: Any, pick: torch.Tensor, suite: DomainSuite, domains: list[str], args: argparse.Namespace,
+          seed: int, weighting: str = "equal") -> tuple[MultiTaskModel, dict[str, float]]:
+    """Train the paths ``pick`` of ``model`` from scratch (re-initialised, at the fixed paths), derive it,
+    and return the derived model with its validation accuracy per domain."""
     tasks = {d: suite.tasks[d] for d in domains}
     data = (MultiDomain({d: suite.domain(d) for d in domains}), MultiDomain({d: suite.domain(d, "val")
                                                                              for d in domains}))
+    arch = model.architecture_from_indices(pick)
+    fresh = reinitialise(copy.deepcopy(model), seed + 1)
     cfg = TrainConfig(batch_size=args.batch, weight_lr=args.lr, seed=seed, quiet=True, weighting=weighting)
-    Trainer(model, tasks, data, cfg).train(args.steps)
-    metrics = evaluate(model, tasks, DataLoader(data[1], batch_size=256, collate_fn=_collate))["metrics"]
-    return {d: metrics[d]["accuracy"] for d in domains}
+    Trainer(FixedPath(fresh, arch), tasks, data, cfg).train(args.steps)
+    derived = derive(fresh.eval(), arch, multi_domain=True).eval()
+    metrics = evaluate(derived, tasks, DataLoader(data[1], batch_size=256, collate_fn=_collate))["metrics"]
+    return derived, {d: metrics[d]["accuracy"] for d in domains}
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -111,14 +107,14 @@ def run_seed(suite: DomainSuite, args: argparse.Namespace, seed: int) -> tuple[d
     acc, models = {}, []
     for d in domains:
         m = supermodel(suite, [d], seed, args.width)
-        derived = fresh(m, torch.zeros(1, len(m.choices), dtype=torch.long), False, seed)
-        acc.update(train(derived, suite, [d], args, seed))
+        derived, a = train(m, torch.zeros(1, len(m.choices), dtype=torch.long), suite, [d], args, seed)
+        acc.update(a)
         models.append(derived)
     out["independent"] = row(acc, models, suite.size, [1] * T)
     # single-path multi-head: every block, shared by all
     m = supermodel(suite, domains, seed, args.width)
-    derived = fresh(m, torch.zeros(T, len(m.choices), dtype=torch.long), True, seed)
-    out["single-path multi-head"] = row(train(derived, suite, domains, args, seed), [derived], suite.size, [T])
+    derived, a = train(m, torch.zeros(T, len(m.choices), dtype=torch.long), suite, domains, args, seed)
+    out["single-path multi-head"] = row(a, [derived], suite.size, [T])
     # the searches
     info: dict[str, Any] = {}
     for controller, names in (("shared", ("multi-head search",)), ("per_domain", ("MPNAS equal", "MPNAS ABDP"))):
@@ -134,8 +130,8 @@ def run_seed(suite: DomainSuite, args: argparse.Namespace, seed: int) -> tuple[d
         pick = model.architecture_tensor(arch)
         for name in names:
             weighting = "abdp" if name == "MPNAS ABDP" else "equal"
-            derived = fresh(model, pick, True, seed)
-            out[name] = row(train(derived, suite, domains, args, seed, weighting), [derived], suite.size, [T])
+            derived, a = train(model, pick, suite, domains, args, seed, weighting)
+            out[name] = row(a, [derived], suite.size, [T])
             out[name]["search_s"] = search_s
         if controller == "per_domain":
             from automtl.search.paths import block_paths, sharing

@@ -25,8 +25,10 @@ search MPNAS extends:
 * at the end each domain takes its most likely path: blocks used by several domains are shared
   (one bank), by one domain-specific, by none dropped (:func:`~automtl.search.paths.sharing`),
   and the Jaccard matrix of the domains' block sets is kept;
-* the derived model is trained from scratch on all domains with ``final_weighting`` (ABDP by
-  default) by a :class:`~automtl.search.trainer.Trainer`.
+* the derived architecture is trained from scratch on all domains with ``final_weighting`` (ABDP
+  by default) by a :class:`~automtl.search.trainer.Trainer`: the supermodel, re-initialised, at
+  the fixed paths (a shared block runs once on its domains' stacked batches, so its batch norms
+  see the same mixture in training and evaluation), then derived.
 
 Checkpoints hold the weights, both optimisers, the controllers, the baseline, the streams and the
 step counter, so ``MPNASSearcher.resume(path, ...).run()`` continues bit for bit.
@@ -34,6 +36,7 @@ step counter, so ``MPNASSearcher.resume(path, ...).run()`` continues bit for bit
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -51,7 +54,7 @@ from ..model.supermodel import SuperModel
 from ..train.tasks import Task
 from . import distributed as dist_utils
 from .loop import Loop, Stage, TrainConfig, epoch_end, tick
-from .paths import REWARDS, PathCost, block_paths, jaccard, reward, sharing
+from .paths import REWARDS, FixedPath, PathCost, block_paths, jaccard, reinitialise, reward, sharing
 from .streams import Chain, Stream, split_batch
 from .trainer import Trainer, evaluate
 
@@ -278,27 +281,28 @@ class MPNASSearcher(Loop):
             pick = pick.expand(len(self.names), -1)
         return self.model.architecture_from_indices(pick.cpu())
 
-    def build_derived(self, architecture: Architecture) -> MultiTaskModel:
-        """The derived model of ``architecture`` with freshly initialised weights (training from scratch)."""
-        model = derive(self.model, architecture, multi_domain=self.multi_domain).to(self.device)
-        torch.manual_seed(self.config.seed + 1)
-        for m in model.modules():
-            if m is not model and callable(getattr(m, "reset_parameters", None)):
-                m.reset_parameters()
-        return model
+    def train_derived(self, architecture: Architecture, steps: int | None = None,
+                      weighting: str | None = None) -> MultiTaskModel:
+        """Train ``architecture`` from scratch on the weights and controller splits together with
+        ``final_weighting`` (or ``weighting``), then derive it.
 
-    def train_derived(self, architecture: Architecture, steps: int | None = None) -> MultiTaskModel:
-        """Train the derived model from scratch on the weights and controller splits together,
-        with ``final_weighting`` (a :class:`Trainer` sharing this search's records and sinks)."""
+        The supermodel is copied and re-initialised (:func:`~automtl.search.paths.reinitialise`) and
+        trained at the fixed paths (:class:`~automtl.search.paths.FixedPath`) by a
+        :class:`~automtl.search.trainer.Trainer` sharing this search's records and sinks; the derived
+        model holds exactly its weights (the blocks nobody runs are dropped), in eval mode.
+        """
         c = self.config
         steps = c.train_steps if steps is None else steps
-        model = self.build_derived(architecture)
-        cfg = replace(c, weighting=c.final_weighting, weighting_kwargs=dict(c.final_weighting_kwargs))
-        trainer = Trainer(model, self.tasks, (self._train_source(), self.data["val"]), cfg,
+        weighting = c.final_weighting if weighting is None else weighting
+        kwargs = dict(c.final_weighting_kwargs) if weighting == c.final_weighting else {}
+        model = reinitialise(copy.deepcopy(self.model), c.seed + 1).to(self.device)
+        path = FixedPath(model, architecture)
+        cfg = replace(c, weighting=weighting, weighting_kwargs=kwargs)
+        trainer = Trainer(path, self.tasks, (self._train_source(), self.data["val"]), cfg,
                           lr=c.train_lr or c.weight_lr, stage="train", val_loader=self.loaders["val"], seed_rng=False)
         trainer.history, trainer.sinks = self.history, self.sinks
         trainer.train(steps)
-        return model
+        return derive(model.eval(), architecture, multi_domain=self.multi_domain).eval()
 
     def _train_source(self) -> Any:
         w, p = self.data["weights"], self.data["policy"]

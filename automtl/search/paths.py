@@ -140,3 +140,40 @@ def jaccard(paths: Mapping[str, Sequence[str]]) -> dict[str, dict[str, float]]:
             union = pa | pb
             out[a][b] = len(pa & pb) / len(union) if union else 1.0
     return out
+
+
+class FixedPath(torch.nn.Module):
+    """A supermodel run at one architecture (every domain its own path), as a plain multi-task model.
+
+    Training a derived architecture this way keeps a block shared by several domains one module
+    called once on their stacked batches, so its batch norms see the same statistics in training
+    as in evaluation (a mixture of the domains that use it); :func:`~automtl.model.derive.derive`
+    of the trained supermodel is then exactly the trained model, one operator per picked block.
+    """
+
+    def __init__(self, model: SuperModel, architecture: Architecture) -> None:
+        super().__init__()
+        self.model = model
+        self.task_names = list(model.task_names)
+        self.register_buffer("gates", model.policy.one_hot(model.architecture_tensor(architecture)), persistent=False)
+
+    def forward(self, *xs: torch.Tensor) -> dict[str, torch.Tensor]:
+        if len(xs) == 1:
+            return self.model(xs[0], gates=self.gates)
+        return self.model(dict(zip(self.task_names, xs, strict=True)), gates=self.gates)
+
+
+def reinitialise(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Fresh weights for training from scratch: ``reset_parameters`` where a module has it, and the
+    multi-task batch norms back to weights 1, biases 0, running statistics 0 / 1."""
+    from ..model.mixing import TaskBatchNorm
+
+    torch.manual_seed(seed)
+    for m in module.modules():
+        if m is not module and callable(getattr(m, "reset_parameters", None)):
+            m.reset_parameters()
+        elif isinstance(m, TaskBatchNorm):
+            with torch.no_grad():
+                for name, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]:
+                    t.fill_(1.0 if name.endswith(("weight", "running_var")) else 0.0)
+    return module
