@@ -161,6 +161,14 @@ def _search_run(args: argparse.Namespace) -> int:
     out = args.out or str(Path("runs") / Path(args.config).stem)
     if args.stop_after is not None and args.stop_after < 0:
         raise ValueError(f"--stop-after must be >= 0, got {args.stop_after}")
+    if cfg.strategy == "slimda":  # its own run folder: automtl.app.slimda
+        from .slimda import run_slimda
+
+        def slimda() -> int:
+            run_slimda(cfg, out, resume=args.resume, quiet=args.quiet, stop_after=args.stop_after)
+            return 0
+
+        return _distributed(slimda)
 
     def go() -> int:
         try:

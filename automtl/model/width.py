@@ -302,7 +302,10 @@ class CompactClassifier(nn.Module):
 
 def build_slim_classifier(backbone: Any, num_classes: int, *, input_shape: Any = None, trunk_output: str | None = None,
                           task: str = "digit", deploy: str = "ca", **compile_options: Any) -> SlimClassifier:
-    """Compile ``backbone`` (anything :func:`automtl.compile` takes, or a Graph) into a :class:`SlimClassifier`."""
+    """Compile ``backbone`` (anything :func:`automtl.compile` takes, or a Graph) into a :class:`SlimClassifier`.
+
+    ``trunk_output`` names the operator (or submodule) the heads read; a feature map there is
+    average-pooled and flattened to ``(N, C)`` features first."""
     from ..api import compile as compile_backbone
     from ..compiler.passes import cut
     from .supermodel import _resolve
@@ -310,4 +313,19 @@ def build_slim_classifier(backbone: Any, num_classes: int, *, input_shape: Any =
     graph = backbone if isinstance(backbone, Graph) else compile_backbone(backbone, input_shape, **compile_options)
     if trunk_output is not None:
         graph = cut(graph.copy(), _resolve(graph, trunk_output))
+    if len(graph.outputs) == 1 and isinstance(graph[graph.outputs[0]].shape, tuple) and \
+            len(graph[graph.outputs[0]].shape) == 4:
+        graph = _global_pool(graph)
     return SlimClassifier(SlimmableNet(graph), num_classes, task, deploy)
+
+
+def _global_pool(graph: Graph) -> Graph:
+    """A copy of ``graph`` whose ``(N, C, H, W)`` output is average-pooled and flattened to ``(N, C)`` features."""
+    from ..compiler.passes import infer
+
+    out = graph.copy()
+    last = out.outputs[0]
+    out.add(Node("features_pool", "adaptive_avg_pool2d", [last], {"output_size": (1, 1)}))
+    out.add(Node("features", "flatten", ["features_pool"], {"start_dim": 1, "end_dim": -1}))
+    out.outputs = ["features"]
+    return infer(out)

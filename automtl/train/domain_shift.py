@@ -9,7 +9,9 @@
   the other half (``part="test"``) is only for the final evaluation. Training code must never read
   the labels of the ``adapt`` part: they are there so the same item form serves every loader.
 
-Items are ``(x, {"digit": y})`` with ``x`` float32 ``(1, 8, 8)`` in [0, 1] (pixel counts / 16).
+Items are ``(x, {"digit": y})`` with ``x`` float32 ``(1, 8, 8)`` in [0, 1] (pixel counts / 16); ``size``
+upsamples both domains bilinearly and ``channels=3`` repeats the grey image, for backbones that
+want larger or colour input.
 :func:`domain_shift_digits` returns ``(source, target, test)`` as the SlimDA strategy takes them.
 """
 
@@ -20,6 +22,7 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 __all__ = ["FONTS", "FontDigits", "HandDigits", "domain_shift_digits"]
@@ -80,17 +83,29 @@ def render_digit(digit: int, rng: np.random.Generator) -> np.ndarray:
     return frame.reshape(8, 4, 8, 4).sum((1, 3)).astype(np.float32) / 16.0
 
 
+def _shape(x: torch.Tensor, size: int, channels: int) -> torch.Tensor:
+    """``(n, 1, 8, 8)`` images at ``size`` x ``size`` (bilinear) with ``channels`` copies of the grey plane."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 8:
+        raise ValueError(f"size must be an int >= 8, got {size!r}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    if size != 8:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+    return x.repeat(1, channels, 1, 1) if channels == 3 else x
+
+
 class FontDigits(Dataset):
     """``n`` printed digits (labels balanced, order shuffled by ``seed``), rendered once on construction."""
 
     NUM_CLASSES = 10
 
-    def __init__(self, n: int = 2000, seed: int = 0) -> None:
+    def __init__(self, n: int = 2000, seed: int = 0, size: int = 8, channels: int = 1) -> None:
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"FontDigits: n must be an int >= 1, got {n!r}")
         rng = np.random.default_rng(seed)
         labels = rng.permutation(np.arange(n) % 10)
-        self.x = torch.from_numpy(np.stack([render_digit(int(d), rng) for d in labels]))[:, None]
+        images = np.stack([render_digit(int(d), rng) for d in labels])
+        self.x = _shape(torch.from_numpy(images)[:, None], size, channels)
         self.y = torch.from_numpy(labels.astype(np.int64))
 
     def __len__(self) -> int:
@@ -105,7 +120,7 @@ class HandDigits(Dataset):
 
     NUM_CLASSES = 10
 
-    def __init__(self, part: str = "adapt") -> None:
+    def __init__(self, part: str = "adapt", size: int = 8, channels: int = 1) -> None:
         if part not in ("adapt", "test", "all"):
             raise ValueError(f"HandDigits: part must be 'adapt', 'test' or 'all', got {part!r}")
         from sklearn.datasets import load_digits
@@ -114,7 +129,7 @@ class HandDigits(Dataset):
         order = np.random.default_rng(12345).permutation(len(digits.target))  # fixed, whatever the run's seed
         half = len(order) // 2
         pick = {"adapt": order[:half], "test": order[half:], "all": order}[part]
-        self.x = torch.from_numpy((digits.images[pick] / 16.0).astype(np.float32))[:, None]
+        self.x = _shape(torch.from_numpy((digits.images[pick] / 16.0).astype(np.float32))[:, None], size, channels)
         self.y = torch.from_numpy(digits.target[pick].astype(np.int64))
 
     def __len__(self) -> int:
@@ -124,7 +139,9 @@ class HandDigits(Dataset):
         return self.x[i], {TASK: self.y[i]}
 
 
-def domain_shift_digits(n_source: int = 2000, seed: int = 0) -> tuple[FontDigits, HandDigits, HandDigits]:
+def domain_shift_digits(n_source: int = 2000, seed: int = 0, size: int = 8,
+                        channels: int = 1) -> tuple[FontDigits, HandDigits, HandDigits]:
     """``(source, target, test)``: printed digits (labelled), handwritten digits to adapt to (labels
     unused), and the held-out handwritten digits for the final evaluation."""
-    return FontDigits(n_source, seed), HandDigits("adapt"), HandDigits("test")
+    return (FontDigits(n_source, seed, size, channels), HandDigits("adapt", size, channels),
+            HandDigits("test", size, channels))
