@@ -366,6 +366,10 @@ def test_group_train_tag_mode_from_python(tmp_path: Path) -> None:
     tag = json.loads((tmp_path / "tag" / "tag.json").read_text())
     assert tag["count"] == 2 and len(tag["matrix"]) == 2
     assert (tmp_path / "tag" / "pictures" / "affinity.png").is_file()
+    group_train(cfg, tmp_path / "tag", mode="hoa", budgets=[1], options=GroupTrainConfig(steps=2, tag_every=1,
+                                                                                         half=False))
+    kept = json.loads((tmp_path / "tag" / "selections.json").read_text())["results"]
+    assert [r["method"] for r in kept] == ["tag", "tag", "hoa"]
     assert res[0].selection.networks[0].tasks == ("depth", "edges") and res[0].selection.scored
     assert len(res[1].selection.networks) in (1, 2)
 

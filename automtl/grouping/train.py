@@ -316,7 +316,8 @@ def _tag_results(ct: CandidateTrainer, budgets: Sequence[float], affinity: Any) 
 
 
 def write_results(folder: str | os.PathLike[str], ct: CandidateTrainer, results: Sequence[MethodResult]) -> Path:
-    """``val.csv`` / ``test.csv`` (every fully trained network), ``selections.json``; returns the JSON path."""
+    """``val.csv`` / ``test.csv`` (every fully trained network) and ``selections.json`` (this run's methods
+    replace their earlier results, other methods' stay); returns the JSON path."""
     from ..app.integrity import atomic_write_text
 
     out = Path(folder)
@@ -329,8 +330,15 @@ def write_results(folder: str | os.PathLike[str], ct: CandidateTrainer, results:
     if early:
         write_csv(ct.table(early, "val", "esa"), out / "esa_val.csv")
     path = out / "selections.json"
+    methods = {r.method for r in results}
+    kept = []
+    if path.is_file():  # results of the other methods run in this folder stay
+        try:
+            kept = [r for r in json.loads(path.read_text(encoding="utf-8"))["results"] if r["method"] not in methods]
+        except (ValueError, KeyError, TypeError):
+            kept = []
     atomic_write_text(path, json.dumps({"options": asdict(ct.options),
-                                        "results": [r.to_dict() for r in results]}, indent=1))
+                                        "results": kept + [r.to_dict() for r in results]}, indent=1))
     return path
 
 
