@@ -1,226 +1,215 @@
-"""Quality benchmark: independent single-task models vs the all-shared model vs the searched model.
+"""Search quality on a known-answer problem: does the search find the architecture that matters?
 
-    python benchmarks/quality.py --out docs/quality.md
+    python benchmarks/quality.py --out docs/quality.md            # 3 seeds, about 10 minutes on 2 cores
+    python benchmarks/quality.py --quick                          # seconds (what CI runs, via bench_quality.py)
 
-Three dense tasks of :class:`automtl.train.data.SyntheticScenes` (segmentation, depth, surface normals)
-on the zoo's ``tiny_cnn`` trunk (cut after its residual block, stride 2) with one small dense
-head per task. Every model is trained from scratch for the same number of steps with the same
-optimiser and batch size; the searched architecture comes from a warm-up and a policy search on
-the same training images first. Metrics are measured on held-out scenes. Runs on the CPU.
+Data: :class:`automtl.train.colour_codes.ColourCodes` with four tasks, codes a: 0, b: 1, c: 2, d: 0
+(d is a copy of a). The network (:class:`~automtl.train.colour_codes.ColourCodeNet`, 8 convolutions,
+width 8) writes each task's logits with its last convolution, so tasks with different codes cannot
+share that layer, and sharing it costs accuracy; everything below is the same colour evidence for
+all tasks. Compared, every final model trained from scratch for the same number of steps with the
+same optimiser and batch: independent single-task networks, all-shared, the hand-written "share
+the first half, branch after", random architectures (each (node, task) shared or specific with
+probability 1/2, as AutoMTL's ablation), and the searched architecture (default ``SearchConfig``,
+step counts set here; the search's own steps are reported apart). Mean ± std over seeds.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch import nn
+from torch.utils.data import DataLoader, Subset
 
-from automtl.model.supermodel import build
-from automtl.search.searcher import SearchConfig, Searcher, evaluate
-from automtl.train.data import SyntheticScenes
-from automtl.train.tasks import Depth, Normals, Segmentation, Task
+from automtl.model.architecture import Architecture
+from automtl.model.supermodel import SuperModel, build
+from automtl.search import SearchConfig, Searcher, TrainConfig, Trainer, evaluate
+from automtl.train.colour_codes import ColourCodeNet, ColourCodes
+from automtl.train.tasks import Segmentation
 
-TASKS = ("segmentation", "depth", "normals")
-DEPTH_SCALE = 10.0  # depths (about 1-14 scene units) are divided by this for training, metrics are scaled back
-
-
-class Rendered(Dataset):
-    """SyntheticScenes rendered once into tensors (depth divided by DEPTH_SCALE)."""
-
-    def __init__(self, n: int, size: int, seed: int) -> None:
-        scenes = SyntheticScenes(n, size=size, seed=seed, tasks=TASKS)
-        items = [scenes[i] for i in range(n)]
-        self.x = torch.stack([x for x, _ in items])
-        self.y = {t: torch.stack([y[t] for _, y in items]) for t in TASKS}
-        self.y["depth"] = self.y["depth"] / DEPTH_SCALE
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self.x[i], {t: y[i] for t, y in self.y.items()}
+SHIFTS = {"a": 0, "b": 1, "c": 2, "d": 0}
+SIZE = 8
 
 
-def make_tasks(names: tuple[str, ...]) -> dict[str, Task]:
-    all_tasks: dict[str, Task] = {"segmentation": Segmentation("segmentation", 4), "depth": Depth("depth"),
-                                  "normals": Normals("normals")}
-    return {t: all_tasks[t] for t in names}
-
-
-PRIMARY = {"segmentation": ("miou", True), "depth": ("abs_err", False), "normals": ("mean_angle", False)}
-
-
-def build_model(names: tuple[str, ...], size: int, seed: int) -> Any:
+def make(names: list[str], seed: int) -> tuple[SuperModel, dict[str, Segmentation]]:
     torch.manual_seed(seed)
-    tasks = make_tasks(names)
-    heads = {t: task.make_head(16, scale_factor=2) for t, task in tasks.items()}
-    return build("tiny_cnn", heads, trunk_output="block", input_shape=(3, size, size), bn="follow"), tasks
+    model = build(ColourCodeNet(), {t: nn.Identity() for t in names}, input_shape=(3, SIZE, SIZE), skip=False)
+    return model, {t: Segmentation(t, 3) for t in names}
 
 
-def scaled(metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-    out = {t: dict(m) for t, m in metrics.items()}
-    if "depth" in out:
-        for k in ("abs_err", "rmse"):
-            out["depth"][k] *= DEPTH_SCALE
-    return out
+def train(model: SuperModel, tasks: dict, arch: Architecture, data: tuple, test: DataLoader, steps: int,
+          seed: int) -> dict[str, Any]:
+    """Derive ``arch`` from ``model``, re-initialise, train ``steps`` steps, evaluate on ``test``."""
+    derived = model.derive(arch)
+    torch.manual_seed(seed + 1)
+    for m in derived.modules():
+        if m is not derived and callable(getattr(m, "reset_parameters", None)):
+            m.reset_parameters()
+    config = TrainConfig(batch_size=32, weight_lr=3e-3, seed=seed, quiet=True)
+    Trainer(derived, tasks, data, config).train(steps)
+    metrics = evaluate(derived, tasks, test)["metrics"]
+    report = derived.report()
+    return {"miou": {t: metrics[t]["miou"] for t in tasks}, "params": report["total"]["params"],
+            "flops": report["total"]["flops"], "arch": arch, "latency": latency(derived)}
 
 
-def delta_mtl(metrics: dict[str, dict[str, float]], base: dict[str, dict[str, float]]) -> float:
-    """Mean over tasks of the sign-adjusted relative change of the primary metric, in percent."""
-    terms = []
-    for t, (key, higher) in PRIMARY.items():
-        rel = (metrics[t][key] - base[t][key]) / base[t][key]
-        terms.append(rel if higher else -rel)
-    return 100.0 * sum(terms) / len(terms)
+def latency(model: nn.Module, rounds: int = 30) -> float:
+    x = torch.randn(8, 3, SIZE, SIZE)
+    with torch.inference_mode():
+        model.eval()(x)
+        times = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def random_arch(model: SuperModel, gen: torch.Generator) -> Architecture:
+    pick = torch.randint(0, 2, (len(model.task_names), len(model.choices)), generator=gen)
+    return model.architecture_from_indices(pick)
+
+
+def half_shared(model: SuperModel) -> Architecture:
+    half = len(model.choices) // 2
+    pick = torch.tensor([[0 if v < half else 1 for v in range(len(model.choices))] for _ in model.task_names])
+    return model.architecture_from_indices(pick)
+
+
+def delta(miou: dict[str, float], base: dict[str, float]) -> float:
+    return 100.0 * statistics.mean((miou[t] - base[t]) / base[t] for t in base)
+
+
+def run_seed(seed: int, args: argparse.Namespace, log: Any) -> dict[str, Any]:
+    names = list(SHIFTS)
+    data = ColourCodes(args.train + args.val, SHIFTS, SIZE, seed)
+    test = DataLoader(ColourCodes(args.test, SHIFTS, SIZE, seed + 100), batch_size=256)
+    train_part, val_part = Subset(data, range(args.train)), Subset(data, range(args.train, args.train + args.val))
+    half = args.train // 2
+    rows: dict[str, Any] = {}
+    ind_miou: dict[str, float] = {}
+    params = flops = lat = 0.0
+    for t in names:  # independent: one network per task
+        model, tasks = make([t], seed)
+        r = train(model, tasks, model.uniform_architecture("shared"), (train_part, val_part), test, args.steps, seed)
+        ind_miou[t], params, flops, lat = r["miou"][t], params + r["params"], flops + r["flops"], lat + r["latency"]
+    rows["independent"] = {"miou": ind_miou, "params": params, "flops": flops, "latency": lat}
+    model, tasks = make(names, seed)
+    for name, arch in (("all-shared", model.uniform_architecture("shared")), ("half-shared", half_shared(model))):
+        rows[name] = train(model, tasks, arch, (train_part, val_part), test, args.steps, seed)
+    gen = torch.Generator().manual_seed(seed)
+    rows["random"] = [train(model, tasks, random_arch(model, gen), (train_part, val_part), test, args.steps, seed)
+                      for _ in range(args.random)]
+    t0 = time.time()
+    smodel, stasks = make(names, seed)
+    config = SearchConfig(warmup_steps=args.warmup, search_iterations=args.search, finetune_steps=0, seed=seed,
+                          quiet=True)
+    s = Searcher(smodel, stasks, (Subset(data, range(half)), Subset(data, range(half, args.train)), val_part), config)
+    s.warmup()
+    s.search()
+    arch = s.derive()
+    search_time = time.time() - t0
+    rows["searched"] = train(model, tasks, arch, (train_part, val_part), test, args.steps, seed)
+    rows["searched"]["search_s"] = search_time
+    log(f"seed {seed}: searched shares {arch.shared_fraction():.2f} in {search_time:.0f} s")
+    for r in [rows[k] for k in ("all-shared", "half-shared", "searched")] + rows["random"] + [rows["independent"]]:
+        r["delta"] = delta(r["miou"], ind_miou)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=None, help="write the markdown report here")
-    p.add_argument("--size", type=int, default=32)
-    p.add_argument("--train", type=int, default=2000, help="training scenes (split in half for weights/policy)")
-    p.add_argument("--val", type=int, default=300)
-    p.add_argument("--test", type=int, default=500)
-    p.add_argument("--steps", type=int, default=1500, help="training steps of every final model")
-    p.add_argument("--warmup", type=int, default=400)
-    p.add_argument("--search", type=int, default=1000, help="search iterations (1 weight + 1 policy step each)")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--train", type=int, default=1024)
+    p.add_argument("--val", type=int, default=256)
+    p.add_argument("--test", type=int, default=1024)
+    p.add_argument("--steps", type=int, default=600, help="training steps of every final model")
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--search", type=int, default=300, help="search iterations (1 weight + 1 policy step each)")
+    p.add_argument("--random", type=int, default=10, help="random architectures per seed")
+    p.add_argument("--quick", action="store_true", help="tiny settings, seconds (CI)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
+    if args.quick:
+        args.seeds, args.train, args.val, args.test, args.steps = 1, 128, 64, 128, 10
+        args.warmup, args.search, args.random = 5, 5, 2
     torch.set_num_threads(args.threads)
-    command = "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
     start = time.time()
-
-    train = Rendered(args.train, args.size, seed=args.seed)
-    val = Rendered(args.val, args.size, seed=args.seed + 1)
-    test = Rendered(args.test, args.size, seed=args.seed + 2)
-    half = args.train // 2
-    weights = torch.utils.data.Subset(train, range(half))
-    policy = torch.utils.data.Subset(train, range(half, args.train))
-    test_loader = torch.utils.data.DataLoader(test, batch_size=128)
-    config = SearchConfig(warmup_steps=args.warmup, search_iterations=args.search, finetune_steps=args.steps,
-                          batch_size=args.batch, weight_lr=args.lr, finetune_from="scratch", seed=args.seed,
-                          device=args.device, quiet=True)
-    rows: dict[str, dict[str, Any]] = {}
-    timing: dict[str, float] = {}
 
     def log(msg: str) -> None:
         print(f"[{time.time() - start:6.0f}s] {msg}", flush=True)
 
-    # independent single-task models
-    t0 = time.time()
-    ind_metrics: dict[str, dict[str, float]] = {}
-    ind_params = ind_flops = 0
-    for t in TASKS:
-        model, tasks = build_model((t,), args.size, args.seed)
-        s = Searcher(model, tasks, (weights, policy, val), config)
-        net = s.finetune(model.uniform_architecture("shared"))
-        ind_metrics[t] = evaluate(net, tasks, test_loader, device=args.device)["metrics"][t]
-        rep = net.report()
-        ind_params += rep["total"]["params"]
-        ind_flops += rep["total"]["flops"]
-        log(f"independent {t}: {ind_metrics[t]}")
-    rows["independent (3 single-task models)"] = {"metrics": ind_metrics, "params": ind_params, "flops": ind_flops}
-    timing["independent"] = time.time() - t0
-
-    # all-shared and searched: one supermodel, the same scratch training
-    model, tasks = build_model(TASKS, args.size, args.seed)
-    s = Searcher(model, tasks, (weights, policy, val), config)
-    t0 = time.time()
-    shared = s.finetune(model.uniform_architecture("shared"))
-    rep = shared.report()
-    rows["all-shared"] = {"metrics": evaluate(shared, tasks, test_loader, device=args.device)["metrics"],
-                          "params": rep["total"]["params"], "flops": rep["total"]["flops"]}
-    timing["all-shared"] = time.time() - t0
-    log(f"all-shared: {rows['all-shared']['metrics']}")
-
-    model, tasks = build_model(TASKS, args.size, args.seed)
-    s = Searcher(model, tasks, (weights, policy, val), config)
-    t0 = time.time()
-    s.warmup()
-    s.search()
-    arch = s.derive()
-    timing["search"] = time.time() - t0
-    log(f"searched architecture: shared fraction {arch.shared_fraction():.3f}")
-    t0 = time.time()
-    searched = s.finetune()
-    rep = searched.report()
-    rows["searched"] = {"metrics": evaluate(searched, tasks, test_loader, device=args.device)["metrics"],
-                        "params": rep["total"]["params"], "flops": rep["total"]["flops"]}
-    timing["searched fine-tune"] = time.time() - t0
-    log(f"searched: {rows['searched']['metrics']}")
-
-    base = scaled(ind_metrics)
-    lines = [
-        "# Quality benchmark",
-        "",
-        "Command (CPU):",
-        "",
-        "```",
-        command.strip(),
-        "```",
-        "",
-        f"SyntheticScenes at {args.size}x{args.size}: {args.train} training scenes (half for weight steps, half "
-        f"for policy steps; every final model trains on all of them), {args.val} validation scenes, metrics on "
-        f"{args.test} held-out test scenes. Trunk: the zoo's `tiny_cnn` cut after its residual block (16 channels "
-        "at stride 2), `bn=\"follow\"` (batch norms share as their convolution does); one dense head per task "
-        "(3x3 conv, BN, ReLU, 1x1 conv, x2 upsampling). "
-        f"Every model trains from scratch for {args.steps} Adam steps (lr {args.lr}, batch {args.batch}, equal "
-        f"loss weights). The search: {args.warmup} warm-up steps, then {args.search} iterations of one weight "
-        "step and one policy step (AutoMTL defaults: tau 5, x0.965 every 100 policy steps, lambda_policy 5e-4, "
-        "s = 6, policy Adam lr 0.01), argmax derivation. Depth is trained divided by 10; its errors are in "
-        "scene units.",
-        "",
-        "| model | seg mIoU ↑ | depth abs err ↓ | normals mean angle (°) ↓ | Δ_MTL vs independent | params | "
-        "FLOPs |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for name, row in rows.items():
-        m = scaled(row["metrics"])
-        d = delta_mtl(m, base)
-        lines.append(
-            f"| {name} | {m['segmentation']['miou']:.4f} | {m['depth']['abs_err']:.4f} | "
-            f"{m['normals']['mean_angle']:.2f} | {d:+.2f}% | {row['params']:,} | {row['flops'] / 1e6:.2f} M |"
-        )
-    shared_nodes = ", ".join(
-        f"`{node}`: " + "/".join(per[t][:2] for t in TASKS) for node, per in arch.choices.items()
-    )
-    lines += [
-        "",
-        "Δ_MTL = mean over the three tasks of the relative change of the primary metric against the independent "
-        "models, sign-adjusted so that positive is better (Maninis et al., 2019; Vandenhende et al., 2021). "
-        "Params and FLOPs count all three tasks together (heads included; FLOPs per 32x32 image as the compiler "
-        "counts them, multiply-adds x2).",
-        "",
-        f"Searched architecture (branch per task in the order {'/'.join(TASKS)}; sh = shared, sp = specific, "
-        f"sk = skip): {shared_nodes}; shared fraction {arch.shared_fraction():.3f}.",
-        "",
-        f"One seed ({args.seed}) and one run per model: no variance estimate, so differences of a few tenths of "
-        "a percent between rows should not be read as significant.",
-        "",
-        "Wall-clock on this machine: " + ", ".join(f"{k} {v:.0f} s" for k, v in timing.items())
-        + f"; total {time.time() - start:.0f} s ({platform.processor() or platform.machine()}, "
-        f"{args.threads} thread(s), torch {torch.__version__}).",
-        "",
-    ]
-    text = "\n".join(lines)
+    runs = [run_seed(seed, args, log) for seed in range(args.seeds)]
+    text = report(runs, args, time.time() - start, argv)
     print(text)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
-    if any(math.isnan(v) for row in rows.values() for m in row["metrics"].values() for v in m.values()):
-        return 1
     return 0
+
+
+def _ms(values: list[float], fmt: str = "{:+.1f}") -> str:
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(statistics.mean(values))} ± {statistics.stdev(values):.1f}"
+
+
+def report(runs: list[dict[str, Any]], args: argparse.Namespace, seconds: float, argv: list[str] | None) -> str:
+    names = list(SHIFTS)
+    command = "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = ["# Search quality: a known-answer benchmark", "", "```", command.strip(), "```", "",
+             __doc__.split("\n\n", 2)[2].strip(), "",
+             f"{args.train} training images (half weight steps, half policy steps in the search; every final model "
+             f"trains on all), {args.val} validation, {args.test} test images, 3x{SIZE}x{SIZE}. Final models: "
+             f"{args.steps} Adam steps (lr 0.003, batch 32). Search: {args.warmup} warm-up steps, {args.search} "
+             f"iterations (one weight and one policy step each), default SearchConfig otherwise. Seeds: "
+             f"{len(runs)}; random architectures: {args.random} per seed.", "",
+             "| model | Δ_MTL % (mIoU vs independent) | " + " | ".join(f"{t} mIoU" for t in names)
+             + " | params | FLOPs | latency ms (batch 8) |",
+             "|---|---|" + "---|" * len(names) + "---|---|---|"]
+    for key in ("independent", "all-shared", "half-shared", "searched"):
+        rows = [r[key] for r in runs]
+        lines.append(f"| {key} | {_ms([r['delta'] for r in rows]) if key != 'independent' else '0'} | "
+                     + " | ".join(_ms([r["miou"][t] for r in rows], "{:.3f}") for t in names)
+                     + f" | {_ms([r['params'] for r in rows], '{:,.0f}')} | "
+                     f"{_ms([r['flops'] for r in rows], '{:,.0f}')} | {_ms([r['latency'] for r in rows], '{:.2f}')} |")
+    rand = [x for r in runs for x in r["random"]]
+    lines.append(f"| random (all {len(rand)}) | {_ms([r['delta'] for r in rand])} | "
+                 + " | ".join(_ms([r["miou"][t] for r in rand], "{:.3f}") for t in names)
+                 + f" | {_ms([r['params'] for r in rand], '{:,.0f}')} | {_ms([r['flops'] for r in rand], '{:,.0f}')}"
+                 f" | {_ms([r['latency'] for r in rand], '{:.2f}')} |")
+    lines += ["", "Per seed: the searched architecture against the median random architecture of equal or larger "
+              "size (params), and what the search chose.", "",
+              "| seed | searched Δ_MTL | median Δ_MTL of random archs ≥ its params (n) | params vs independent | "
+              "searched architecture | search s |", "|---|---|---|---|---|---|"]
+    for seed, r in enumerate(runs):
+        s = r["searched"]
+        bigger = [x["delta"] for x in r["random"] if x["params"] >= s["params"]]
+        med = f"{statistics.median(bigger):+.1f} ({len(bigger)})" if bigger else "none as large"
+        lines.append(f"| {seed} | {s['delta']:+.1f} | {med} | {s['params'] / r['independent']['params']:.0%} | "
+                     f"{describe(s['arch'])} | {s['search_s']:.0f} |")
+    lines += ["", f"Total {seconds:.0f} s on {platform.machine()}, torch {torch.__version__}, "
+              f"{torch.get_num_threads()} thread(s).", ""]
+    return "\n".join(lines)
+
+
+def describe(arch: Architecture) -> str:
+    """Where tasks branch, in words: all-shared / all-specific said as such."""
+    per = arch.choices
+    if all(set(v.values()) == {"shared"} for v in per.values()):
+        return "all-shared (the search found nothing to split)"
+    if all(set(v.values()) == {"specific"} for v in per.values()):
+        return "all-specific"
+    split = [f"`{n}`: " + "/".join(v[t][:2] for t in arch.tasks) for n, v in per.items()
+             if set(v.values()) != {"shared"}]
+    return f"shared {arch.shared_fraction():.0%}; splits at " + ", ".join(split)
 
 
 if __name__ == "__main__":

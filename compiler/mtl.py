@@ -9,7 +9,8 @@ or follow the branch of the operator that feeds them (``bn="follow"``). A graph 
 Values are either *shared* (one tensor for all tasks, batch ``N``) or *stacked* (one slice per
 task, batch ``T*N``, task-major). With one input for all tasks, everything before the first
 task-dependent operator stays shared and is computed once; ``tile_tasks`` nodes stack a shared
-value where it meets a stacked one.
+activation where it meets a stacked one. Parameters and constants (values that do not depend on
+the input) are never stacked: they broadcast over the stacked batch.
 """
 
 from __future__ import annotations
@@ -182,7 +183,9 @@ def rewrite(
     stacked: dict[str, bool] = {}
     depth: dict[str, int] = {}
     gate_of: dict[str, int | None] = {}  # the choice whose branch a value follows (for bn="follow")
+    live: dict[str, bool] = {}  # the value depends on the input (an activation), not a parameter or constant
     for node in graph:
+        live[node.name] = node.kind == "input" or any(live[i] for i in node.inputs)
         new = copy.copy(node)
         new.attrs = dict(node.attrs)
         new.inputs = list(node.inputs)
@@ -228,7 +231,9 @@ def rewrite(
             is_stacked = any(in_stacked)
             if is_stacked and not all(in_stacked):
                 for pos, name in enumerate(node.inputs):
-                    if not stacked[name]:
+                    # only activations are stacked per task; a parameter or constant (no batch axis)
+                    # broadcasts over the stacked batch as it is
+                    if not stacked[name] and live[name]:
                         tile = f"{name}/tiled"
                         if tile not in out:
                             out.add(Node(tile, "tile_tasks", [name], {"tasks": T}))

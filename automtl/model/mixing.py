@@ -154,8 +154,15 @@ class MixedOp(nn.Module):
             return self._linear(x, w, b, shared_input)
         conv = dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
         if shared_input:  # one call: all tasks' kernels stacked along the output channels
-            y = F.conv2d(x, w.flatten(0, 1), None if b is None else b.flatten(), groups=self.groups, **conv)
+            g = self.groups
+            if g > 1:  # group-major, so each group's convolution sees its own input channels: (g, T, C/g)
+                w = w.view(T, g, -1, *w.shape[2:]).transpose(0, 1)
+                b = None if b is None else b.view(T, g, -1).transpose(0, 1)
+            y = F.conv2d(x, w.flatten(0, 2) if g > 1 else w.flatten(0, 1),
+                         None if b is None else b.flatten(), groups=g, **conv)
             n, _, h, wd = y.shape
+            if g > 1:
+                return y.view(n, g, T, -1, h, wd).permute(2, 0, 1, 3, 4, 5).reshape(T * n, -1, h, wd)
             return y.view(n, T, -1, h, wd).transpose(0, 1).reshape(T * n, -1, h, wd)
         if self.batching == "grouped":
             n = x.shape[0] // T
