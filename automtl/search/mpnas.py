@@ -24,7 +24,8 @@ search MPNAS extends:
   controllers' learning rate is 0 (their Adam steps move nothing; the baseline still learns);
 * at the end each domain takes its most likely path: blocks used by several domains are shared
   (one bank), by one domain-specific, by none dropped (:func:`~automtl.search.paths.sharing`),
-  and the Jaccard matrix of the domains' block sets is kept;
+  and the Jaccard matrix of the domains' sets of searched blocks is kept (a block that is no
+  choice is on every path);
 * the derived architecture is trained from scratch on all domains with ``final_weighting`` (ABDP
   by default) by a :class:`~automtl.search.trainer.Trainer`: the supermodel, re-initialised, at
   the fixed paths (a shared block runs once on its domains' stacked batches, so its batch norms
@@ -336,7 +337,9 @@ class MPNASSearcher(Loop):
         self.record_val("train", self.config.train_steps, final)
         report = model.report()
         self.progress = {"stage": "done", "step": 0}
-        return MPNASResult(arch, paths, rows, jaccard(paths), model, self.model, report, self.history,
+        searched = {c.node for c in self.model.choices}  # fixed blocks are on every path: left out of J
+        sim = jaccard({t: [b for b in p if b in searched] for t, p in paths.items()})
+        return MPNASResult(arch, paths, rows, sim, model, self.model, report, self.history,
                            final["metrics"], final["loss"], self.config)
 
     @classmethod
