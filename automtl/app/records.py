@@ -220,14 +220,30 @@ def report_table(report: Mapping[str, Any]) -> str:
     return format_table(rows, report["tasks"], report["higher_is_better"], report.get("delta_mtl"))
 
 
+def architecture_note(report: Mapping[str, Any]) -> str:
+    """What the search chose, in words; a trivial choice is said to be one, and never credited with a
+    difference that comes from the training schedule."""
+    described = report.get("architecture") or f"shares {100 * report['shared_fraction']:.0f}%"
+    text = f"Searched architecture: {described}."
+    steps = report.get("baseline_steps")
+    if steps is not None:
+        text += f" Every baseline trained from scratch for {steps} weight steps, as many as the searched model took."
+    trivial = report.get("trivial")
+    twin = {"all-shared": "all-shared", "all-specific": "independent"}.get(trivial or "")
+    if twin:
+        text += (f" The search found nothing to split: it chose the {trivial} architecture, the same as the {twin} "
+                 f"baseline, so any difference between those two rows comes from the training schedule (the searched "
+                 "model starts from the supermodel's weights), not from the architecture.")
+    return text
+
+
 def report_markdown(report: Mapping[str, Any], title: str) -> str:
     """``report.md``: the table, the searched model per task and the pictures."""
     lines = [f"# {title}", "", f"Backbone `{report['backbone']}` up to `{report['trunk_output']}`, input "
              f"{'x'.join(map(str, report['input']))}; tasks {', '.join(report['tasks'])}.", "",
              report_table(report), "",
-             f"The searched architecture shares {100 * report['shared_fraction']:.0f}% of its (operator, task) "
-             f"choices; params {report['params_ratio']:.2f}x and FLOPs {report['flops_ratio']:.2f}x of "
-             f"{len(report['tasks'])} separate backbones.", "",
+             architecture_note(report) + f" Params {report['params_ratio']:.2f}x and FLOPs "
+             f"{report['flops_ratio']:.2f}x of {len(report['tasks'])} separate backbones.", "",
              "| task | params | FLOPs |", "|---|---|---|"]
     lines += [f"| {t} | {v['params']:,} | {v['flops']:,} |" for t, v in report["per_task"].items()]
     pictures = report.get("pictures", {})

@@ -51,6 +51,7 @@ from .integrity import StagedFile, one_line, os_error_line
 from .records import (
     MetricsWriter,
     Row,
+    architecture_note,
     delta_mtl,
     flatten,
     format_table,
@@ -131,8 +132,8 @@ def run_search(cfg: RunConfig, out: str | os.PathLike[str], *, resume: bool = Fa
         run.release()
     talk("")
     talk(report_table(report))
-    talk(f"\nsearched architecture shares {100 * report['shared_fraction']:.0f}% of (operator, task) choices; "
-         f"run directory: {run.path}")
+    talk("\n" + architecture_note(report))
+    talk(f"run directory: {run.path}")
     return report
 
 
@@ -290,7 +291,8 @@ def _report(cfg: RunConfig, run: RunDir, searched: Searched, tasks: Mapping[str,
     shape = (1, *cfg.backbone.input_shape)
     rows: list[Row] = []
     trained = dict(run.meta().get("baselines", {}))
-    steps = cfg.search.warmup_steps + cfg.search.search_iterations + cfg.search.finetune_steps
+    c = cfg.search  # every baseline trains for as many weight steps as the searched model took
+    steps = c.warmup_steps + c.search_iterations * c.weight_steps_per_iter + c.finetune_steps
     for baseline in cfg.baselines:
         if baseline in trained:
             rows.append(Row(**trained[baseline]))
@@ -323,7 +325,8 @@ def _report(cfg: RunConfig, run: RunDir, searched: Searched, tasks: Mapping[str,
         "backbone": cfg.backbone.name, "trunk_output": cfg.backbone.trunk_output, "input": list(shape),
         "tasks": primary, "higher_is_better": {t: bool(tasks[t].higher_is_better[primary[t]]) for t in names},
         "rows": [asdict(r) for r in rows], "delta_mtl": deltas, "metrics": searched.metrics,
-        "losses": searched.losses, "shared_fraction": arch.shared_fraction(), "params_ratio": rep["params_ratio"],
+        "losses": searched.losses, "shared_fraction": arch.shared_fraction(), "architecture": arch.describe(),
+        "trivial": arch.trivial(), "baseline_steps": steps, "params_ratio": rep["params_ratio"],
         "flops_ratio": rep["flops_ratio"], "per_task": rep["per_task"], "pictures": pictures,
         "device": searched.device, "processes": searched.processes, "amp": cfg.search.amp,
     }

@@ -101,3 +101,19 @@ class Architecture:
         """Share of (node, task) choices that take the shared branch."""
         total = sum(len(v) for v in self.choices.values())
         return sum(b == "shared" for v in self.choices.values() for b in v.values()) / max(total, 1)
+
+    def trivial(self) -> str | None:
+        """``"all-shared"`` or ``"all-specific"`` when every (node, task) takes that option, else None."""
+        values = {b for per in self.choices.values() for b in per.values()}
+        return f"all-{values.pop()}" if len(values) == 1 and values <= {"shared", "specific"} else None
+
+    def describe(self) -> str:
+        """Where the tasks branch, in words (a trivial architecture is said to be one)."""
+        trivial = self.trivial()
+        if trivial is not None:
+            return f"{trivial}: every task takes the {trivial[4:]} option at all {len(self.choices)} choice nodes"
+        split = [f"{node} ({', '.join(f'{t}: {b}' for t, b in per.items() if b != 'shared')})"
+                 for node, per in self.choices.items() if set(per.values()) != {"shared"}]
+        return (f"shares {100 * self.shared_fraction():.0f}% of its (operator, task) choices; tasks leave the "
+                f"shared option at {len(split)} of {len(self.choices)} nodes: " + "; ".join(split))
+
