@@ -14,6 +14,7 @@ from onnx import helper
 from onnx_util import assert_matches_ort, kinds, make_model, one_thread, run_ort, torch_export, w  # noqa: F401 - one_thread: autouse fixture
 from torch import nn
 
+from automtl import build
 from automtl.compiler.codegen import codegen
 from automtl.compiler.errors import CompileError
 from automtl.compiler.frontends.onnx import from_onnx
@@ -156,3 +157,23 @@ def test_convnext_mixnet_export(opset: int, dynamo: bool, tmp_path: Path) -> Non
     assert (got - want).abs().max().item() <= 1e-4
     (ort_out,) = run_ort(path, x.numpy())
     assert np.abs(ort_out - got.numpy()).max() <= 1e-4
+
+
+def test_supermodel_on_an_export(tmp_path: Path) -> None:
+    """build() on the opset-17 export: all-shared fixed mode equals the source module with the heads;
+    derived models equal fixed mode (all shared and all specific)."""
+    torch.manual_seed(0)
+    source, x = ConvNeXtMix().eval(), torch.randn(2, 3, 12, 12)
+    path = torch_export(source, x, tmp_path / "mix.onnx", opset_version=17)
+    heads = {t: nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, n)) for t, n in (("a", 3), ("b", 2))}
+    model = build(str(path), heads).eval()
+    with torch.no_grad():
+        features = source(x)
+        for kind in ("shared", "specific"):
+            arch = model.uniform_architecture(kind)
+            fixed = model(x, mode="fixed", architecture=arch)
+            derived = model.derive(arch).eval().as_dict(x)
+            for task in heads:
+                assert (derived[task] - fixed[task]).abs().max().item() <= 1e-6
+                if kind == "shared":
+                    assert (fixed[task] - model.heads[task](features)).abs().max().item() <= 1e-5
