@@ -419,3 +419,27 @@ def test_tanh_gelu_softplus_mish_are_typed(assert_same) -> None:
     kinds = Counter(n.kind for n in g)
     assert (kinds["gelu_tanh"], kinds["gelu"], kinds["softplus"], kinds["mish"]) == (2, 1, 2, 2)
     assert_same(MoreActivations(), g, batch=3)
+
+
+class BlurPool(nn.Module):
+    """Anti-aliased downsampling: a fixed (buffer) filter in ``F.conv2d`` stays fixed and uncounted."""
+
+    def __init__(self, c: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, c, 3, padding=1)
+        self.register_buffer("filt", (torch.tensor([1.0, 2.0, 1.0])[:, None] * torch.tensor([1.0, 2.0, 1.0]) / 16)
+                             .expand(c, 1, 3, 3).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(self.conv(x), (1, 1, 1, 1), mode="reflect")
+        return F.conv2d(x, self.filt, stride=2, groups=x.shape[1])
+
+
+def test_a_buffer_used_as_a_conv_weight_is_not_made_learnable(assert_same) -> None:
+    m = BlurPool().eval()
+    with pytest.warns(OpaqueOperatorWarning, match="conv2d"):
+        g = automtl.compile(m, input_shape=(3, 8, 8))
+    assert g["filt"].kind == "parameter" and g["filt"].params == 0 and g["conv2d"].kind == "opaque"
+    assert g.params == n_params(m)
+    gm = assert_same(m, g, batch=2)
+    assert sum(p.numel() for p in gm.parameters()) == n_params(m)

@@ -202,14 +202,18 @@ def fetch(gm: fx.GraphModule, target: str) -> Any:
     return obj
 
 
-def weight_of(gm: fx.GraphModule, value: Any, owner: fx.Node) -> torch.Tensor | None:
-    """The tensor of a parameter/buffer read by ``owner`` alone (None for None); Unsupported otherwise."""
+def weight_of(gm: fx.GraphModule, value: Any, owner: fx.Node, learnable: bool = True) -> torch.Tensor | None:
+    """The tensor of a parameter (``learnable``) or a buffer read by ``owner`` alone (None for None).
+
+    Unsupported otherwise: a weight that is a buffer (a fixed blur filter) or is read elsewhere too
+    stays with its own ``parameter`` operator, so it is neither made learnable nor counted twice.
+    """
     if value is None:
         return None
     if not (isinstance(value, fx.Node) and value.op == "get_attr" and set(value.users) == {owner}):
         raise Unsupported
     tensor = fetch(gm, str(value.target))
-    if not isinstance(tensor, torch.Tensor):
+    if not isinstance(tensor, torch.Tensor) or isinstance(tensor, nn.Parameter) != learnable:
         raise Unsupported
     return tensor.detach()
 
@@ -278,7 +282,8 @@ def dims_of(value: Any) -> list[int]:
 
 # --- weighted functional calls: their parameters/buffers become the operator's tensors ----------------
 def _f_batch_norm(gm: fx.GraphModule, node: fx.Node, kw: dict[str, Any]) -> Typed:
-    mean, var = weight_of(gm, kw.get("running_mean"), node), weight_of(gm, kw.get("running_var"), node)
+    mean = weight_of(gm, kw.get("running_mean"), node, learnable=False)
+    var = weight_of(gm, kw.get("running_var"), node, learnable=False)
     w, b = weight_of(gm, kw.get("weight"), node), weight_of(gm, kw.get("bias"), node)
     momentum, eps = const(kw.get("momentum", 0.1)), const(kw.get("eps", 1e-5))
     const(kw.get("training", False))  # the typed batch norm follows the model's mode, as the module form does
