@@ -47,10 +47,11 @@ from automtl.train.tasks import classification_head
 METHODS = ("independent", "single-path multi-head", "multi-head search", "MPNAS equal", "MPNAS ABDP")
 
 
-def supermodel(suite: DomainSuite, domains: list[str], seed: int, width: int) -> Any:
+def supermodel(suite: DomainSuite, domains: list[str], seed: int, args: argparse.Namespace) -> Any:
     torch.manual_seed(seed)
-    heads = {d: classification_head(width * 2, suite.num_classes[d]) for d in domains}
-    return build_blocks(SmallResNet(width, 2, 2), heads, input_shape=(3, suite.size, suite.size))
+    heads = {d: classification_head(args.width * 2, suite.num_classes[d]) for d in domains}
+    return build_blocks(SmallResNet(args.width, 2, 2), heads, input_shape=(3, suite.size, suite.size),
+                        domain_bn=args.domain_bn and len(domains) > 1)
 
 
 def train(model: Any, pick: torch.Tensor, suite: DomainSuite, domains: list[str], args: argparse.Namespace,
@@ -106,19 +107,19 @@ def run_seed(suite: DomainSuite, args: argparse.Namespace, seed: int) -> tuple[d
     # independent: one backbone per domain
     acc, models = {}, []
     for d in domains:
-        m = supermodel(suite, [d], seed, args.width)
+        m = supermodel(suite, [d], seed, args)
         derived, a = train(m, torch.zeros(1, len(m.choices), dtype=torch.long), suite, [d], args, seed)
         acc.update(a)
         models.append(derived)
     out["independent"] = row(acc, models, suite.size, [1] * T)
     # single-path multi-head: every block, shared by all
-    m = supermodel(suite, domains, seed, args.width)
+    m = supermodel(suite, domains, seed, args)
     derived, a = train(m, torch.zeros(T, len(m.choices), dtype=torch.long), suite, domains, args, seed)
     out["single-path multi-head"] = row(a, [derived], suite.size, [T])
     # the searches
     info: dict[str, Any] = {}
     for controller, names in (("shared", ("multi-head search",)), ("per_domain", ("MPNAS equal", "MPNAS ABDP"))):
-        model = supermodel(suite, domains, seed, args.width)
+        model = supermodel(suite, domains, seed, args)
         cfg = MPNASConfig(search_steps=args.search_steps, train_steps=0, batch_size=args.batch, weight_lr=args.lr,
                           policy_lr=args.policy_lr, cost_kind="flops", cost_target=args.cost_target,
                           beta=args.beta, controller=controller, seed=seed, quiet=True)
@@ -190,9 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="a few steps only: checks the script runs")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--shared-bn", action="store_true",
+                    help="shared blocks share their batch norms too (default: each domain its own, 'domain_block')")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown here (default: print)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    args.domain_bn = not args.shared_bn
     size, n_train, n_val = (16, 400, 200) if args.quick else (32, 800, 300)
     args.width = 8 if args.quick else 16
     args.steps, args.search_steps = (300, 300) if args.quick else (1200, 1000)
@@ -212,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"Suite {size}x{size}, {n_train} training / {n_val} validation images per domain; SmallResNet width "
              f"{args.width}; final models {args.steps} steps, searches {args.search_steps} steps (+); batch "
              f"{args.batch} per domain, Adam lr {args.lr}; reward absolute, beta {args.beta}, FLOPs target "
-             f"{args.cost_target} of the full path; {args.seeds} seed(s); {minutes:.1f} min on "
+             f"{args.cost_target} of the full path; batch norms {'shared' if args.shared_bn else 'per domain'} in "
+             f"shared blocks; {args.seeds} seed(s); {minutes:.1f} min on "
              f"{platform.machine()} ({torch.get_num_threads()} thread). Accuracy on the validation images.", "",
              *table(results, domains), "", "| target | | measured |", "|---|---|---|", *targets(results), ""]
     info = infos[0]

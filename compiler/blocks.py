@@ -26,7 +26,8 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
-import torch.fx as fx
+import torch
+from torch import nn
 
 from .codegen import build_module, codegen
 from .errors import CompileError, Source
@@ -139,9 +140,32 @@ def _block_flops(node: Node, shapes: list[Shape], out: Shape) -> int:
     return _region(node, shapes).flops
 
 
-def _block_module(node: Node, shapes: list[Shape]) -> fx.GraphModule:
-    """The block's region as one module; weights from ``node.tensors`` when a derivation gave them."""
-    module = codegen(node.attrs["graph"], build_module, class_name="Block")
+class DomainBlocks(nn.Module):
+    """One block for several domains: the convolutions (every weight but batch norms') shared, each
+    domain its own batch norms. ``forward(x, domain)`` runs domain ``domain``'s copy."""
+
+    def __init__(self, graph: Graph, domains: int) -> None:
+        super().__init__()
+        self.copies = nn.ModuleList(codegen(graph, build_module, class_name="Block") for _ in range(domains))
+        first = dict(self.copies[0].named_modules())
+        for copy_ in list(self.copies)[1:]:
+            for name, m in copy_.named_modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    continue
+                for pname, p in list(first[name].named_parameters(recurse=False)):
+                    setattr(m, pname, p)  # the same Parameter: one set of weights
+
+    def forward(self, x: torch.Tensor, domain: int) -> torch.Tensor:
+        return self.copies[domain](x)
+
+
+def _block_module(node: Node, shapes: list[Shape]) -> nn.Module:
+    """The block's region as one module (:class:`DomainBlocks` when it has per-domain batch norms);
+    weights from ``node.tensors`` when a derivation gave them."""
+    if "domains" in node.attrs:
+        module: nn.Module = DomainBlocks(node.attrs["graph"], node.attrs["domains"])
+    else:
+        module = codegen(node.attrs["graph"], build_module, class_name="Block")
     if node.tensors:
         missing, unexpected = module.load_state_dict(node.tensors, strict=False)
         if missing or unexpected:
@@ -155,6 +179,6 @@ def block_graph(node: Node) -> Any:
 
 
 register(OpKind("block", _block_infer, params=_block_params, flops=_block_flops, module=_block_module,
-                loads_tensors=True))
+                loads_tensors=True, module_args=lambda n: (n.attrs["domain"],) if "domain" in n.attrs else ()))
 register(OpKind("mtl_block", _mtl_infer, arity=(2, 2), params=_mtl_params, flops=_mtl_flops, module=_mtl_module,
                 module_args=lambda n: (n.attrs["shared_input"],), loads_tensors=True))

@@ -17,7 +17,7 @@ from automtl import backbones
 from automtl.compiler.blocks import block_region, collapse_blocks
 from automtl.compiler.codegen import codegen, node_modules
 from automtl.compiler.errors import CompileError
-from automtl.model.blocks import SmallResNet, build_blocks, find_blocks, find_graph_blocks, with_blocks
+from automtl.model.blocks import BlockModule, SmallResNet, build_blocks, find_blocks, find_graph_blocks, with_blocks
 from automtl.model.derive import derive
 from automtl.model.policies import CategoricalPolicy, MovingAverage, reinforce_loss
 from automtl.search.mpnas import MPNASConfig, MPNASSearcher, mpnas
@@ -333,3 +333,32 @@ def test_show_draws_the_domain_paths_and_their_jaccard_matrix(tmp_path: Path) ->
     assert block_jaccard(arch)[0][1] == 0.5 and block_jaccard(arch)[0][2] == 0.0
     paths = render_all(arch, tmp_path / "pictures", history={"search": [{"step": 0, "loss": {"a": 1.0}}]})
     assert {"paths", "jaccard"} <= set(paths) and all(p.stat().st_size > 1000 for p in paths.values())
+
+
+def test_domain_batch_norms_derive_exactly_with_shared_convolutions() -> None:
+    torch.manual_seed(0)
+    model = build_blocks(randomize_norms(SmallResNet(8, 2, 2), 0), _heads({"a": 3, "b": 5}, 16),
+                         input_shape=(3, 8, 8), domain_bn=True)
+    assert all(c.choice_kind == "domain_block" for c in model.choices)
+    xs = {"a": torch.randn(4, 3, 8, 8), "b": torch.randn(4, 3, 8, 8)}
+    gates = model.policy.one_hot(torch.zeros(2, 4, dtype=torch.long))
+    model.train()
+    model(xs, gates=gates)  # one training step's statistics: each domain's batch norms see their domain only
+    block = next(m for m in model.trunk.modules() if isinstance(m, BlockModule)).block
+    bn_a, bn_b = block.copies[0].get_submodule("layers_0_bn1"), block.copies[1].get_submodule("layers_0_bn1")
+    assert not torch.equal(bn_a.running_mean, bn_b.running_mean)
+    conv_a, conv_b = block.copies[0].get_submodule("layers_0_conv1"), block.copies[1].get_submodule("layers_0_conv1")
+    assert conv_a.weight is conv_b.weight
+    model.eval()
+    arch = model.architecture_from_indices(torch.tensor([[0, 1, 0, 1], [1, 1, 0, 0]]))
+    want = model(xs, architecture=arch)
+    derived = derive(model, arch, multi_domain=True).eval()
+    got = derived.as_dict(*xs.values())
+    assert all(torch.allclose(got[t], want[t], atol=1e-5) for t in want)
+    other = _model()
+    plain = derive(other, other.architecture_from_indices(model.architecture_tensor(arch)),
+                   multi_domain=True).report()["total"]["params"]
+    # each block kept holds a second domain's two batch norms: layers.0 at 8 channels, layers.3 and .4 at 16
+    assert derived.report()["total"]["params"] == plain + 2 * 2 * 8 + 2 * (2 * 2 * 16)
+    with pytest.raises(ValueError, match="needs one input per domain"):
+        model(xs["a"], architecture=arch)

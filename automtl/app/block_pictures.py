@@ -25,7 +25,7 @@ STATUS_COLOURS = {"shared": "#3b75af", "specific": "#ef8636", "skipped": "#d3d3d
 
 def is_block_architecture(architecture: Architecture) -> bool:
     """Whether ``architecture`` chooses block / zero per domain (an MPNAS search)."""
-    return architecture.options.get("choice") == "block"
+    return architecture.options.get("choice") in ("block", "domain_block")
 
 
 def block_sets(architecture: Architecture) -> dict[str, list[str]]:

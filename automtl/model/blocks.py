@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..compiler.blocks import collapse_blocks
+from ..compiler.blocks import DomainBlocks, collapse_blocks
 from ..compiler.codegen import build_module, codegen
 from ..compiler.ir import Graph, Node, Shape
 from ..compiler.mtl import Choice, MTLOptions, Option
@@ -36,8 +36,8 @@ from ..compiler.ops import get as get_op
 from ..compiler.passes import cut
 from .choices import CHOICE_KINDS, MTL_ATTRS, ChoiceKind, Derived, register_choice_kind
 
-__all__ = ["BlockChoice", "BlockModule", "SmallResNet", "build_blocks", "find_blocks", "find_graph_blocks",
-           "with_blocks"]
+__all__ = ["BlockChoice", "BlockModule", "DomainBlockChoice", "SmallResNet", "build_blocks", "find_blocks",
+           "find_graph_blocks", "with_blocks"]
 
 ZERO = Option("zero", None)
 
@@ -55,11 +55,13 @@ class BlockModule(nn.Module):
     Gates that carry a gradient (a relaxed policy) always run the block for every task.
     """
 
-    def __init__(self, node: Node, in_shape: Shape) -> None:
+    def __init__(self, node: Node, in_shape: Shape, domain_bn: bool = False) -> None:
         super().__init__()
         a = node.attrs
         self.index, self.tasks, self.options = a["index"], a["tasks"], len(a["options"])
-        self.block = codegen(a["graph"], build_module, class_name="Block")
+        self.domain_bn = domain_bn
+        self.block = DomainBlocks(a["graph"], self.tasks) if domain_bn else codegen(a["graph"], build_module, "Block")
+        self.name = node.name
 
     def forward(self, x: torch.Tensor, gates: torch.Tensor, shared_input: bool) -> torch.Tensor:
         T = self.tasks
@@ -68,7 +70,13 @@ class BlockModule(nn.Module):
         zero = g[:, 1] if self.options > 1 else None
         relaxed = g.requires_grad
         active = [t for t in range(T) if relaxed or bool(on[t] != 0)]
-        if shared_input:
+        if self.domain_bn:
+            if shared_input:
+                raise ValueError(f"block {self.name!r} has per-domain batch norms (choice kind 'domain_block'): "
+                                 "it needs one input per domain, model({domain: x})")
+            xs = list(x.chunk(T))
+            ys = [self.block(xs[t], t) if t in active else None for t in range(T)]
+        elif shared_input:
             y = self.block(x) if active else None
             xs = [x] * T
             ys = [y] * T
@@ -124,8 +132,29 @@ class BlockChoice(ChoiceKind):
         return Derived("block", attrs, tensors)
 
 
-if "block" not in CHOICE_KINDS:
-    register_choice_kind(BlockChoice())
+class DomainBlockChoice(BlockChoice):
+    """Block / zero like ``block``, but each domain keeps its own batch norms inside a shared block
+    (the convolutions are one bank). For multi-domain inputs (one input per domain), where the
+    domains' feature statistics differ: multi-domain networks usually keep domain-specific batch
+    norms. The derived model holds one :class:`~automtl.compiler.blocks.DomainBlocks` per block
+    used, called with the domain's index; a path's cost counts its own batch norms, the derived
+    model holds one set per domain (a few hundred parameters per block)."""
+
+    name = "domain_block"
+
+    def module(self, node: Node, in_shape: Shape) -> nn.Module:
+        return BlockModule(node, in_shape, domain_bn=True)
+
+    def derive(self, module: nn.Module, node: Node, option: Option, task: int) -> Derived | None:
+        d = super().derive(module, node, option, task)
+        if d is not None:
+            d.attrs.update(domain=task, domains=node.attrs["tasks"])
+        return d
+
+
+for _kind in (BlockChoice(), DomainBlockChoice()):
+    if _kind.name not in CHOICE_KINDS:
+        register_choice_kind(_kind)
 
 
 # --- finding blocks and building ---------------------------------------------------------------
@@ -146,12 +175,14 @@ def find_blocks(module: nn.Module) -> list[str]:
 
 
 def build_blocks(backbone: Any, heads: Mapping[str, nn.Module], *, blocks: Sequence[str] | None = None,
-                 input_shape: Any = None, trunk_output: str | None = None, **build_options: Any) -> Any:
+                 input_shape: Any = None, trunk_output: str | None = None, domain_bn: bool = False,
+                 **build_options: Any) -> Any:
     """The supermodel of ``backbone`` whose blocks are block / zero choices per task.
 
     ``blocks`` names the submodules that are blocks (default: :func:`find_blocks` of an
     ``nn.Module`` backbone); ``trunk_output`` cuts the backbone first (``"layer4"``: the heads
-    read that submodule's output).
+    read that submodule's output). ``domain_bn=True`` keeps per-domain batch norms in shared blocks
+    (the ``domain_block`` kind, for one input per domain).
     """
     from ..api import compile as compile_backbone
     from .supermodel import _resolve, build
@@ -168,7 +199,7 @@ def build_blocks(backbone: Any, heads: Mapping[str, nn.Module], *, blocks: Seque
         if not blocks:
             raise ValueError(f"blocks: {type(backbone).__name__} has no residual block to search; name its blocks")
     graph = collapse_blocks(graph, list(blocks))
-    return build(graph, heads, choice="block", **build_options)
+    return build(graph, heads, choice="domain_block" if domain_bn else "block", **build_options)
 
 
 def find_graph_blocks(graph: Graph) -> list[str]:
@@ -193,7 +224,7 @@ def find_graph_blocks(graph: Graph) -> list[str]:
     return found
 
 
-def with_blocks(model: Any, blocks: Sequence[str] | None = None) -> Any:
+def with_blocks(model: Any, blocks: Sequence[str] | None = None, domain_bn: bool = False) -> Any:
     """The block supermodel of an existing supermodel's backbone and heads (a config's model):
     its blocks (default :func:`find_graph_blocks`) become block / zero choices."""
     from .supermodel import build
@@ -202,7 +233,8 @@ def with_blocks(model: Any, blocks: Sequence[str] | None = None) -> Any:
     if not names:
         raise ValueError(f"blocks: the backbone {model.graph.name!r} has no residual block to search; name its blocks")
     graph = collapse_blocks(model.graph, names)
-    return build(graph, dict(model.heads), bn=model.options.bn, choice="block", batching=model.batching)
+    return build(graph, dict(model.heads), bn=model.options.bn, choice="domain_block" if domain_bn else "block",
+                 batching=model.batching)
 
 
 class _Residual(nn.Module):
