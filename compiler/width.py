@@ -17,14 +17,17 @@ Rules (the stable API other passes build on):
   channels of the graph outputs, so a classifier keeps its classes and consumers built for the full
   graph's outputs still fit. A trunk whose heads are rebuilt for ``graph.output_shapes()`` passes
   ``keep_outputs=False`` to thin its output too;
+* a channel split of one group (``narrow``: ``chunk``, ``split``) is a part of that group and scales with it
+  (start and length stay the same fractions; the group's ``multiple`` keeps them whole);
 * channels read by an operator whose channel semantics the pass does not know (reshape, opaque calls,
-  slices of the channel axis, a parameter read directly, ...) are ``fixed`` and keep their count;
+  a split of a concatenation, a parameter read directly, ...) are ``fixed`` and keep their count;
 * a scaled count is ``max(multiple, round(channels * factor / multiple) * multiple)``, where ``multiple``
   is the least common multiple of the group counts that divide it (grouped convolutions, group norms,
   channel shuffles); depthwise convolutions follow their input and take the new count as ``groups``;
 * weights the source carried are kept for the leading channels of every group (a slimmable network's
   convention): a thinned graph with weights computes a sub-network of the original. Grouped (not
-  depthwise) convolutions keep the leading input channels of each group's slice.
+  depthwise) convolutions keep the leading input channels of each group's slice, and readers of a channel
+  split its leading channels (initial weights there, not a sub-network).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -49,6 +53,7 @@ _SAME = {
     "adaptive_max_pool2d", "interpolate", "lrn", "lrn_within_channel", "cast", "rsqrt", "batch_norm", "scale",
     "instance_norm", "prelu", "group_norm", "channel_shuffle",
 }
+_ONE = Fraction(1)
 _MULTI = {"add", "mul", "maximum", "sub", "div", "scaled_sum"}
 _NORM_ATTR = {"batch_norm": "num_features", "scale": "num_features", "instance_norm": "num_features",
               "group_norm": "num_channels"}
@@ -80,7 +85,9 @@ class Thinned:
     params_ratio: float
 
 
-Layout = tuple[tuple[int, int], ...]  # (space, repeat) per segment of axis 1; a segment is space * repeat wide
+# (space, repeat) per segment of axis 1; a segment is space * repeat wide. The repeat is a Fraction: depthwise
+# multipliers and flattened spatial sizes make it larger than 1, a channel split (narrow) a part of 1.
+Layout = tuple[tuple[int, Fraction], ...]
 
 
 class _Analysis:
@@ -97,6 +104,7 @@ class _Analysis:
         self.layout: dict[str, Layout | None] = {}
         self.depthwise: set[str] = set()
         self.scaled_linear: set[str] = set()
+        self.split: dict[str, tuple[Fraction, Fraction]] = {}  # channel narrows: start and length as fractions
         for node in graph:
             self.layout[node.name] = self._visit(node)
         if keep_outputs:
@@ -160,7 +168,7 @@ class _Analysis:
     def width(self, layout: Layout, sizes: Mapping[int, int] | None = None) -> int:
         """The channel count of a value under ``sizes`` (root space -> new count; the original when None)."""
         sizes = sizes if sizes is not None else {}
-        return sum(sizes.get(self.find(s), self.size[self.find(s)]) * r for s, r in layout)
+        return int(sum(sizes.get(self.find(s), self.size[self.find(s)]) * r for s, r in layout))
 
     def _in_rank(self, node: Node) -> int:
         return _rank(self.graph[node.inputs[0]].shape) or 0
@@ -172,7 +180,7 @@ class _Analysis:
         rank = _rank(shape)
         k, a, name = node.kind, node.attrs, node.name
         if k == "input":
-            return ((self._new(shape[1], name, "the graph input"), 1),) if rank and rank >= 2 else None
+            return ((self._new(shape[1], name, "the graph input"), _ONE),) if rank and rank >= 2 else None
         x = ins[0] if ins else None
         if k == "conv2d" and x is not None:
             return self._conv(node, x)
@@ -180,16 +188,16 @@ class _Analysis:
             if a["groups"] != 1:
                 self._pin(x, f"read by the grouped transposed convolution {name!r}")
                 return ((self._new(a["out_channels"], name, f"written by the grouped transposed convolution "
-                                                             f"{name!r}"), 1),)
+                                                             f"{name!r}"), _ONE),)
             self._member(x, name, "in_channels")
-            out: Layout = ((self._new(a["out_channels"], name), 1),)
+            out: Layout = ((self._new(a["out_channels"], name), _ONE),)
             self._member(out, name, "out_channels")
             return out
         if k == "linear" and x is not None:
             if self._in_rank(node) == 2:
                 self.scaled_linear.add(name)
                 self._member(x, name, "in_features")
-                out = ((self._new(a["out_features"], name), 1),)
+                out = ((self._new(a["out_features"], name), _ONE),)
                 self._member(out, name, "out_features")
                 return out
             self._pin(x, f"read by {name!r}, a linear layer over a non-channel axis")
@@ -215,6 +223,8 @@ class _Analysis:
                 return tuple(seg for lay in ins for seg in lay)  # type: ignore[union-attr]
             self._unify([lay for lay in ins if lay is not None], f"joined by {name!r}")
             return x
+        if k == "narrow" and x is not None and len(x) == 1 and a["dim"] % self._in_rank(node) == 1:
+            return self._split(node, x)
         if x is not None and self._keeps_channels(node):
             if k == "flatten" and a.get("start_dim", 1) % self._in_rank(node) == 1:
                 src = self.graph[node.inputs[0]].shape
@@ -226,7 +236,7 @@ class _Analysis:
         for lay in ins:
             self._pin(lay, f"read by {name!r} ({k}), whose channels cannot be scaled")
         if rank is not None and rank >= 2:
-            return ((self._new(shape[1], name, f"written by {name!r} ({k})"), 1),)
+            return ((self._new(shape[1], name, f"written by {name!r} ({k})"), _ONE),)
         return None
 
     def _conv(self, node: Node, x: Layout) -> Layout:
@@ -239,12 +249,23 @@ class _Analysis:
             out: Layout = tuple((s, r * mult) for s, r in x)
             self._member(out, name, "out_channels")
             return out
-        out = ((self._new(a["out_channels"], name), 1),)
+        out = ((self._new(a["out_channels"], name), _ONE),)
         if g > 1:
             self._need_multiple(x, g)
             self._need_multiple(out, g)
         self._member(out, name, "out_channels")
         return out
+
+    def _split(self, node: Node, x: Layout) -> Layout:
+        """A channel slice [start, start + length) of one space: a part of it that scales with it, so start and
+        length stay the same fractions of the width (the space's count keeps them whole)."""
+        (s, r), a = x[0], node.attrs
+        width = self.width(x)
+        start, length = Fraction(a["start"], width), Fraction(a["length"], width)
+        # the space's new count c must keep c * r * start and c * r * length whole
+        self._need_multiple(x, math.lcm((r * start).denominator, (r * length).denominator, r.denominator))
+        self.split[node.name] = (start, length)
+        return ((s, r * length),)
 
     def _elementwise(self, node: Node, ins: list[Layout | None]) -> Layout:
         shape, name, rank = node.shape, node.name, len(node.shape)
@@ -258,9 +279,9 @@ class _Analysis:
             elif not (_rank(s) == rank and s[1] == 1):
                 for other in ins:
                     self._pin(other, f"broadcast by {name!r} across the channel axis")
-                return ((self._new(shape[1], name, f"broadcast by {name!r}"), 1),)
+                return ((self._new(shape[1], name, f"broadcast by {name!r}"), _ONE),)
         if not carrying:
-            return ((self._new(shape[1], name, f"written by {name!r}"), 1),)
+            return ((self._new(shape[1], name, f"written by {name!r}"), _ONE),)
         self._unify(carrying, f"joined by {name!r} with a different channel layout")
         return carrying[0]
 
@@ -326,8 +347,8 @@ class _Analysis:
         offset = 0
         for s, r in layout:
             root = self.find(s)
-            idx.extend(range(offset, offset + sizes[root] * r))
-            offset += self.size[root] * r
+            idx.extend(range(offset, offset + int(sizes[root] * r)))
+            offset += int(self.size[root] * r)
         return torch.tensor(idx, dtype=torch.long)
 
 
@@ -381,6 +402,9 @@ def _scaled(an: _Analysis, factors: float | Mapping[str, float]) -> Graph:
             attrs[_NORM_ATTR[k]] = an.width(y, sizes)
         elif k == "prelu" and attrs.get("num_parameters", 1) > 1:
             attrs["num_parameters"] = an.width(y, sizes)
+        elif node.name in an.split:
+            start, length = an.split[node.name]
+            attrs["start"], attrs["length"] = int(start * an.width(x, sizes)), int(length * an.width(x, sizes))
         if attrs != node.attrs:
             if node.tensors:
                 node.tensors = _slice_tensors(an, graph[node.name], attrs, x, y, sizes)

@@ -181,3 +181,31 @@ def test_channels_read_by_unknown_operators_stay_fixed() -> None:
     assert thin["a"].attrs["out_channels"] == 8 and thin["b"].attrs["out_channels"] == 4
     with pytest.raises(CompileError, match="target"):
         half_size(g, target=0)
+
+
+class Chunked(nn.Module):
+    """A channel split (chunk into two halves, as shuffle and res2net blocks do), one conv per part, concat."""
+
+    def __init__(self, w: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, w, 3, padding=1)
+        self.left = nn.Conv2d(w // 2, w // 2, 3, padding=1)
+        self.right = nn.Conv2d(w // 2, w, 1)
+        self.head = nn.Conv2d(w // 2 + w, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = torch.chunk(self.stem(x), 2, dim=1)
+        return self.head(torch.cat([self.left(a), self.right(b)], 1))
+
+
+def test_channel_splits_scale_with_their_space() -> None:
+    full = automtl.compile(Chunked(16), (3, 8, 8))
+    thin = scale_widths(full, 0.5)
+    _same_costs(thin, automtl.compile(Chunked(8), (3, 8, 8)))
+    narrows = [n for n in thin if n.kind == "narrow"]
+    assert [(n.attrs["start"], n.attrs["length"]) for n in narrows] == [(0, 4), (4, 4)]
+    odd = scale_widths(full, 0.3)  # 16 * 0.3 = 4.8: the stem's count stays even so both halves stay whole
+    assert odd["stem"].attrs["out_channels"] % 2 == 0
+    assert codegen(odd)(torch.randn(1, 3, 8, 8)).shape == (1, 4, 8, 8)
+    groups = {g.name: g for g in channel_groups(full)}
+    assert groups["stem"].multiple == 2 and not groups["stem"].fixed
