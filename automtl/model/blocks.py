@@ -181,8 +181,9 @@ def build_blocks(backbone: Any, heads: Mapping[str, nn.Module], *, blocks: Seque
 
     ``blocks`` names the submodules that are blocks (default: :func:`find_blocks` of an
     ``nn.Module`` backbone); ``trunk_output`` cuts the backbone first (``"layer4"``: the heads
-    read that submodule's output). ``domain_bn=True`` keeps per-domain batch norms in shared blocks
-    (the ``domain_block`` kind, for one input per domain).
+    read that submodule's output). ``domain_bn=True`` gives each domain its own batch norms: inside
+    shared blocks (the ``domain_block`` kind, for one input per domain) and, unless ``bn`` is given,
+    outside them too (``bn="specific"``).
     """
     from ..api import compile as compile_backbone
     from .supermodel import _resolve, build
@@ -199,6 +200,8 @@ def build_blocks(backbone: Any, heads: Mapping[str, nn.Module], *, blocks: Seque
         if not blocks:
             raise ValueError(f"blocks: {type(backbone).__name__} has no residual block to search; name its blocks")
     graph = collapse_blocks(graph, list(blocks))
+    if domain_bn:
+        build_options.setdefault("bn", "specific")
     return build(graph, heads, choice="domain_block" if domain_bn else "block", **build_options)
 
 
