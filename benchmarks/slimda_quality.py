@@ -182,9 +182,17 @@ def main() -> None:
     p.add_argument("--cost-rounds", type=int, default=3 if quick else 20)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="write the table here (markdown) and the raw results beside it")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="no training: merge the raw results of runs (one per seed, run in parallel) into one table")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    results = run(args)
+    if args.merge:
+        parts = [json.loads(Path(f).read_text()) for f in args.merge]
+        results = {"args": parts[0]["args"], "runs": [r for part in parts for r in part["runs"]]}
+        for r in results["runs"]:  # JSON keys are strings
+            r["budgets"] = {float(b): v for b, v in r["budgets"].items()}
+    else:
+        results = run(args)
     text = table(results)
     print(text)
     if args.out:

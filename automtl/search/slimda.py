@@ -57,6 +57,7 @@ class SlimDAConfig(TrainConfig):
     steps: int = 600
     temperature: float = 0.5  # SEED's sharpening temperature
     seed_weight: float = 1.0  # weight of SEED's distillation
+    ca_source_weight: float = 1.0  # weight of the source labels' cross-entropy on ca (slimda)
     calibration_batches: int = 4  # target batches that recompute a width's batch-norm statistics
     budget_candidates: int = 64  # width configurations scored by UPEM per budget
 
@@ -71,8 +72,10 @@ class SlimDAConfig(TrainConfig):
             self._check(name, isinstance(getattr(self, name), int) and getattr(self, name) >= 1, "an int >= 1")
         self._check("model_batch", isinstance(self.model_batch, int) and self.model_batch >= 2, "an int >= 2")
         self._check("temperature", isinstance(self.temperature, int | float) and self.temperature > 0, "a number > 0")
-        self._check("seed_weight", isinstance(self.seed_weight, int | float) and self.seed_weight >= 0,
-                    "a number >= 0")
+        for name in ("seed_weight", "ca_source_weight"):
+            value = getattr(self, name)
+            self._check(name, isinstance(value, int | float) and not isinstance(value, bool) and value >= 0,
+                        "a number >= 0")
 
 
 class _PyRandom:
@@ -185,7 +188,7 @@ class SlimDASearcher(Loop):
                 terms.update({k: gen[k] for k in ("category", "domain_confusion", "entropy")})
                 if c.method == "slimda":
                     ca_src = F.cross_entropy(model.logits(fs, "ca"), ys)
-                    loss = loss + ca_src
+                    loss = loss + c.ca_source_weight * ca_src
                     terms["task_a"] = ca_src
                     students.append(model.logits(ft, "ca"))
                     teachers.append(model.logits(ft.detach(), "ct").detach())
@@ -194,7 +197,7 @@ class SlimDASearcher(Loop):
                 parts[k] = parts.get(k, 0.0) + float(v.detach()) / len(configs)
         if students:
             seed = seed_loss(students, teachers, c.temperature)
-            total = total + c.seed_weight * len(configs) * seed
+            total = total + c.seed_weight * lam * seed  # ramped like SymNet's confusion terms
             parts["seed"] = float(seed.detach())
         parts["lambda"] = lam
         return total, parts
