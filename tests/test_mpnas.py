@@ -361,5 +361,11 @@ def test_domain_batch_norms_derive_exactly_with_shared_convolutions() -> None:
     # a second domain's batch norms: two in each block kept (layers.0 at 8 channels, layers.3 and .4 at 16)
     # and the stem's (8); the strided convolution's already follows the block choice before it, per domain
     assert derived.report()["total"]["params"] == plain + 2 * 2 * 8 + 2 * (2 * 2 * 16) + 2 * 8
+    # one input for all: the stem's batch norms are per domain already, so every block sees per-domain values
+    one = model(xs["a"], architecture=arch)
+    got = derive(model, arch).eval().as_dict(xs["a"])
+    assert all(torch.allclose(got[t], one[t], atol=1e-5) for t in one)
+    follow = build_blocks(SmallResNet(8, 2, 2), _heads({"a": 3, "b": 5}, 16), input_shape=(3, 8, 8), domain_bn=True,
+                          bn="follow")
     with pytest.raises(ValueError, match="needs one input per domain"):
-        model(xs["a"], architecture=arch)
+        follow(xs["a"], architecture=follow.architecture_from_indices(torch.zeros(2, 4, dtype=torch.long)))
