@@ -11,7 +11,8 @@ offers, for every block whose input and output shapes match:
 * ``zero``: no weights, the identity (the path skips the block).
 
 A block whose shapes differ (a stride or a channel change) has no exact zero block, so it is not
-offered: it stays a plain operator every path runs. Why a collapsed operator rather than a
+offered: it stays a plain operator every path runs. ``domain_block`` is the same choice with
+per-domain batch norms inside a shared block (:class:`DomainBlockChoice`). Why a collapsed operator rather than a
 choice on the block's last operator: derivation then emits exactly the picked blocks (a skipped
 block leaves no operator behind, so ``derive == fixed mode`` and the derived model's params and
 FLOPs are the path's), and :meth:`BlockChoice.cost` is the region's exact sum.
