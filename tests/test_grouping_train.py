@@ -295,9 +295,14 @@ def test_grouped_model_equals_the_separate_networks_and_exports(tmp_path: Path) 
     assert set(diffs) == {"a", "b", "c"}
 
 
-def test_selection_model_reads_each_task_from_its_best_chosen_network(tmp_path: Path) -> None:
-    ct = _trainer(tmp_path, [])
-    sel = run_method(ct, "exhaustive", [2])[0].selection
+def test_selection_model_reads_each_task_from_its_best_chosen_network() -> None:
+    from automtl.grouping import Network, Table, select
+
+    table = Table(["a", "b", "c"], [Network(("a", "b"), 1.0, {"a": 0.2, "b": 0.5}), Network(("b",), 0.5, {"b": 0.3}),
+                                    Network(("c",), 0.5, {"c": 0.1}), Network(("a", "b", "c"), 1.0,
+                                                                               {"a": 0.3, "b": 0.4, "c": 0.4})])
+    sel = select(table, 2)
+    assert [n.name for n in sel.networks] == ["a+b", "b", "c"] and sel.served_by["b"].name == "b"
     make = _factory([])
     models = {(n.tasks, n.cost): make(n.tasks, HALF if n.cost == 0.5 else FULL).eval() for n in sel.networks}
     grouped = selection_model(sel, models)
@@ -312,7 +317,7 @@ def test_selection_model_reads_each_task_from_its_best_chosen_network(tmp_path: 
 _CONFIG = {
     "backbone": {"name": "tiny_cnn", "input_shape": [3, 16, 16], "trunk_output": "block"},
     "tasks": {t: {"kind": t, "head": "dense", "hidden_channels": 8} for t in ("depth", "edges")},
-    "data": {"name": "synthetic_scenes", "images": 40, "size": 16},
+    "data": {"name": "synthetic_scenes", "images": 24, "size": 16},
     "search": {"batch_size": 8, "eval_batch_size": 32},
 }
 
