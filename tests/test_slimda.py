@@ -327,3 +327,13 @@ def test_search_and_derive_a_slimda_config_from_the_cli(tmp_path, capsys) -> Non
     assert json.loads((out / "derived" / "slim-0.5.json").read_text())["flops_ratio"] <= 0.5
     assert main(["search", str(tmp_path / "run.yaml"), "--out", str(out)]) == 2  # a used folder is refused
     assert "holds files" in capsys.readouterr().err
+
+
+def test_a_zoo_backbone_with_depthwise_and_residual_blocks_slices_exactly() -> None:
+    net = SlimmableNet(automtl.compile("mobilenet_v2", (3, 32, 32))).eval()
+    assert len(net.groups) > 10 and [g for g, grp in net.plan.groups.items() if grp.fixed] == ["x"]
+    factors = net.random([0.25, 0.5, 1.0], random.Random(0))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net(x, factors), net.thin(factors)(x), atol=1e-5)
+    assert net.flops(factors) < net.flops(net.full())
