@@ -337,3 +337,19 @@ def test_a_zoo_backbone_with_depthwise_and_residual_blocks_slices_exactly() -> N
     with torch.no_grad():
         assert torch.allclose(net(x, factors), net.thin(factors)(x), atol=1e-5)
     assert net.flops(factors) < net.flops(net.full())
+    _agrees_with_the_compiler_width_pass(net, factors)
+
+
+def _agrees_with_the_compiler_width_pass(net: SlimmableNet, factors: dict[str, float]) -> None:
+    """The compiler's own width pass (compiler/width.py) finds the same cuttable groups and the same thin FLOPs."""
+    from automtl.compiler import width as compiler_width
+
+    theirs = compiler_width.channel_groups(net.graph, keep_outputs=False)
+    assert sorted(net.groups) == sorted(g.name for g in theirs if not g.fixed)
+    assert net.thin_graph(factors).flops == compiler_width.scale_widths(net.graph, factors, keep_outputs=False).flops
+
+
+def test_groups_and_flops_agree_with_the_compiler_width_pass() -> None:
+    net = _bank()
+    for seed in range(3):
+        _agrees_with_the_compiler_width_pass(net, net.random([0.25, 0.5, 0.75, 1.0], random.Random(seed)))

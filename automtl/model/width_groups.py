@@ -212,7 +212,7 @@ def _plan(graph: Graph, uf: _Union, layout: dict[str, list[Segment] | None], pro
 
 def group_width(channels: int, factor: float) -> int:
     """Channels kept of a group of ``channels`` at width ``factor``: rounded, at least one."""
-    return max(1, min(channels, int(channels * factor + 0.5)))
+    return max(1, min(channels, int(round(channels * factor))))
 
 
 def kept_channels(plan: WidthPlan, factors: Mapping[str, float]) -> dict[str, torch.Tensor | None]:
