@@ -15,6 +15,11 @@ softmax, a grouped but not depthwise convolution, opaque calls...). Everything e
 params and FLOPs inferred again, weights carried by the nodes sliced), and :func:`kept_channels` which
 channels of every value a thin network keeps (the first ``k`` of each group: slimmable networks keep
 a prefix).
+
+The compiler's width pass (``compiler/width.py``) has the same API and scales more (grouped
+convolutions in multiples, channel splits); this analysis is the slimmable runtime's: it also gives
+every value's kept indices, and keeps fixed what cannot be sliced at run time. Both find the same
+groups and FLOPs where both cut (tested).
 """
 
 from __future__ import annotations
