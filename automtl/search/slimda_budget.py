@@ -2,8 +2,9 @@
 
 :func:`search_budget` samples width configurations of the bank under a FLOPs budget (the exact
 count of the compiler on the thin graph, :meth:`~automtl.model.width.SlimClassifier.flops`): each
-group's width is drawn from the width list, and while the network is over the budget one random
-group steps down to the next smaller width. Every candidate's batch norm is recalibrated on the
+group's width is drawn from the width list, while the network is over the budget one random group
+steps down to the next smaller width, then random groups step up while it still fits (so every
+candidate uses the budget: no group can widen without exceeding it). Every candidate's batch norm is recalibrated on the
 target images, and its UPEM (discrepancy of its target predictions from the largest network's,
 :func:`~automtl.search.slimda_losses.upem`) is computed; the smallest UPEM wins. No target label
 is read.
@@ -40,7 +41,7 @@ def _logits(model: SlimClassifier, widths: Widths, images: Sequence[torch.Tensor
 
 
 def sample_under_budget(model: SlimClassifier, widths: Sequence[float], limit: float, rng: random.Random) -> Widths:
-    """A random configuration whose FLOPs are at most ``limit``: drawn per group, then stepped down."""
+    """A random configuration within ``limit`` FLOPs that no single group can widen: drawn, stepped down, filled."""
     ladder = sorted(widths)
     cfg = model.trunk.random(ladder, rng)
     while model.flops(cfg) > limit:
@@ -49,6 +50,14 @@ def sample_under_budget(model: SlimClassifier, widths: Sequence[float], limit: f
             break
         g = rng.choice(wide)
         cfg[g] = ladder[ladder.index(cfg[g]) - 1]
+    grown = True
+    while grown:  # then fill the budget: widen random groups one step while the network still fits
+        grown = False
+        for g in rng.sample(list(cfg), len(cfg)):
+            if cfg[g] < ladder[-1]:
+                wider = {**cfg, g: ladder[ladder.index(cfg[g]) + 1]}
+                if model.flops(wider) <= limit:
+                    cfg, grown = wider, True
     return cfg
 
 
