@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -369,3 +370,25 @@ def test_domain_batch_norms_derive_exactly_with_shared_convolutions() -> None:
                           bn="follow")
     with pytest.raises(ValueError, match="needs one input per domain"):
         follow(xs["a"], architecture=follow.architecture_from_indices(torch.zeros(2, 4, dtype=torch.long)))
+
+
+def test_automtl_mpnas_runs_a_config_into_a_folder_and_the_model_loads_back(tmp_path: Path) -> None:
+    from automtl.app.cli import main
+    from automtl.model.derive import MultiTaskModel
+
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "backbone: {name: resnet18, input_shape: [3, 16, 16], trunk_output: layer1}\n"
+        "tasks:\n  digits: {kind: classification, num_classes: 10}\n  glyphs: {kind: classification, num_classes: 8}\n"
+        "data: {factory: 'automtl.train.domains:suite_splits', size: 16, n_train: 24, n_val: 8}\n"
+        "search: {strategy: mpnas, search_steps: 2, train_steps: 1, batch_size: 4}\n")
+    out = tmp_path / "out"
+    assert main(["mpnas", str(path), "--out", str(out), "--quiet"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert set(result["paths"]) == {"digits", "glyphs"} and result["params_ratio"] < 1
+    assert (out / "pictures" / "paths.png").is_file() and (out / "pictures" / "jaccard.png").is_file()
+    model = MultiTaskModel.load(out / "model.pt").eval()
+    x = [torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16)]
+    assert [tuple(o.shape) for o in model(*x)] == [(2, 10), (2, 8)]
+    path.write_text(path.read_text().replace("strategy: mpnas, search_steps: 2, train_steps: 1, ", ""))
+    assert main(["mpnas", str(path), "--out", str(out)]) != 0  # an automtl config: one error line

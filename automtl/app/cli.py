@@ -376,6 +376,13 @@ COMMANDS: dict[str, Command] = {
         add_arguments=_show_arguments,
         run=_show_run,
     ),
+    "mpnas": Command(
+        help="run an MPNAS search (search: {strategy: mpnas}) from a config into a folder",
+        add_arguments=lambda p: __import__("automtl.app.mpnas_cli", fromlist=["x"]).add_arguments(p),
+        run=lambda args: __import__("automtl.app.mpnas_cli", fromlist=["x"]).run(args),
+        description="Per-domain paths over the backbone's blocks (block or skip), searched by per-domain "
+        "controllers, then the derived model trained from scratch (see docs/mpnas.md).",
+    ),
     "export": Command(
         help="export a derived multi-task model: state dict, or ONNX with --onnx",
         add_arguments=_export_arguments,

@@ -4,6 +4,7 @@ compile (``automtl.compiler``) -> rewrite + codegen -> :class:`SuperModel` -> :f
 :class:`MultiTaskModel`.
 """
 
+from . import blocks  # noqa: F401 - registers the block choice kinds and operator, so saved models load
 from .architecture import Architecture
 from .derive import MultiTaskModel, derive
 from .supermodel import SuperModel, build
