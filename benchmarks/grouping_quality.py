@@ -116,7 +116,7 @@ def run_seed(seed: int, args: argparse.Namespace, folder: Path) -> dict[str, Any
     for method in ("exhaustive", "hoa", "esa"):
         out["methods"][method] = [r.to_dict() for r in run_method(ct, method, budgets)]
     for name, lr in TAG_LRS.items():
-        model = ct.make_network(names, FULL)
+        model = ct.fresh(Candidate(names, FULL, args.steps))
         aff = tag_affinity(model, tasks, ct.splits[:2], config, args.steps, args.tag_every, lr)
         out[f"{name}_affinity"] = aff.to_dict()
         out["methods"][name] = [r.to_dict() for r in run_method(ct, "tag", budgets, aff)]

@@ -36,6 +36,7 @@ from .table import GroupingError
 from .train import (
     FULL,
     HALF,
+    Candidate,
     CandidateTrainer,
     GroupTrainConfig,
     MethodResult,
@@ -187,7 +188,7 @@ def _tag(cfg: Any, ct: CandidateTrainer, out: Path) -> Any:
     if path.is_file():
         rec = json.loads(path.read_text(encoding="utf-8"))
         return Affinity(tuple(rec["tasks"]), np.asarray(rec["matrix"]), int(rec["count"]), float(rec["seconds"]))
-    model = ct.make_network(tuple(ct.names), FULL)
+    model = ct.fresh(Candidate(tuple(ct.names), FULL, ct.options.steps))  # the all-task network's initial weights
     aff = tag_affinity(model, ct.tasks, ct.splits[:2], ct.config, ct.options.steps, ct.options.tag_every,
                        ct.options.tag_lr)
     from ..app.integrity import atomic_write_text

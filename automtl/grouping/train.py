@@ -175,6 +175,13 @@ class CandidateTrainer:
         self.results[cand.key] = rec
         return rec
 
+    def fresh(self, cand: Candidate) -> nn.Module:
+        """The candidate's untrained network, initialised from a seed of the run's seed and the candidate's
+        tasks and size (so every run, and a joint TAG run of all tasks, starts from the same weights)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed * 1_000_003 + zlib.crc32(f"{'+'.join(cand.tasks)}.{cand.size}".encode()))
+            return self.make_network(cand.tasks, cand.size)
+
     def model(self, cand: Candidate) -> nn.Module:
         """The trained network of ``cand`` (rebuilt and loaded from its kept weights), in eval mode."""
         self.result(cand)
@@ -196,9 +203,7 @@ class CandidateTrainer:
             raise GroupingError(f"network {cand.key}: unknown task {unknown[0] if unknown else '(none)'!r}; "
                                 f"tasks: {', '.join(self.names)}")
         self.log(f"training {cand.size} network {'+'.join(cand.tasks)} for {cand.steps} steps")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.config.seed * 1_000_003 + zlib.crc32(cand.key.encode()))
-            net = self.make_network(cand.tasks, cand.size)
+        net = self.fresh(cand)
         sub = {t: self.tasks[t] for t in cand.tasks}
         start = time.perf_counter()
         trainer = Trainer(net, sub, self.splits[:2], self.config)
