@@ -392,3 +392,33 @@ def test_automtl_mpnas_runs_a_config_into_a_folder_and_the_model_loads_back(tmp_
     assert [tuple(o.shape) for o in model(*x)] == [(2, 10), (2, 8)]
     path.write_text(path.read_text().replace("strategy: mpnas, search_steps: 2, train_steps: 1, ", ""))
     assert main(["mpnas", str(path), "--out", str(out)]) != 0  # an automtl config: one error line
+
+
+def _dp_worker(rank: int, world: int, init_file: str, out: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        tasks, data, classes = _suite_data(32)
+        torch.manual_seed(0)
+        model = build_blocks(SmallResNet(8, 2, 1), _heads(classes, 16), input_shape=(3, 8, 8), domain_bn=True)
+        s = MPNASSearcher(model, tasks, data, MPNASConfig(search_steps=4, warmup_fraction=0.5, train_steps=2,
+                                                          batch_size=8, quiet=True))
+        result = s.run()
+        torch.save({"logits": s.controller.logits.detach(), "baseline": s.baseline.value,
+                    "model": {k: v.detach() for k, v in model.state_dict().items()},
+                    "derived": {k: v.detach() for k, v in result.model.state_dict().items()},
+                    "choices": result.architecture.choices, "world": s.world}, f"{out}/rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_data_parallel_processes_search_the_same_paths_and_end_identical(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_dp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
+    assert a["world"] == b["world"] == 2 and a["choices"] == b["choices"]
+    assert torch.equal(a["logits"], b["logits"]) and torch.equal(a["baseline"], b["baseline"])
+    assert not torch.equal(a["logits"], torch.zeros_like(a["logits"]))  # the controllers moved
+    for part in ("model", "derived"):
+        assert all(torch.allclose(a[part][k].float(), b[part][k].float(), atol=1e-6) for k in a[part]), part
