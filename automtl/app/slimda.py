@@ -55,10 +55,11 @@ def run_slimda(cfg: RunConfig, out: str | os.PathLike[str], *, resume: bool = Fa
         searcher.load_state_dict(load(folder / CHECKPOINT))
         if not quiet:
             say(f"resuming {folder} after {searcher.steps_done()} steps")
-    else:
+    elif searcher.rank == 0:  # under torchrun, process 0 writes the files (checkpoints too)
         dump_config(cfg, folder / "config.yaml")
     done = searcher.run(stop_after=stop_after, checkpoint=folder / CHECKPOINT, every=cfg.checkpoint_every)
-    (folder / "history.json").write_text(json.dumps(searcher.history) + "\n")
+    if searcher.rank == 0:
+        (folder / "history.json").write_text(json.dumps(searcher.history) + "\n")
     if not done:
         say(f"stopped after {searcher.steps_done()} steps; checkpoint {folder / CHECKPOINT}. Go on with --resume")
         return None
@@ -67,8 +68,9 @@ def run_slimda(cfg: RunConfig, out: str | os.PathLike[str], *, resume: bool = Fa
     ends = {"largest": trunk.uniform(max(search.widths)), "smallest": trunk.uniform(min(search.widths))}
     for label, widths in ends.items():
         result["networks"][label] = {"target_accuracy": searcher.accuracy(widths), "flops": model.flops(widths)}
-    searcher.save_bank(folder)
-    (folder / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    if searcher.rank == 0:
+        searcher.save_bank(folder)
+        (folder / "result.json").write_text(json.dumps(result, indent=1) + "\n")
     big, small = result["networks"]["largest"], result["networks"]["smallest"]
     say(f"{search.method}: target accuracy {100 * big['target_accuracy']:.1f}% (largest, {big['flops']:,} FLOPs), "
         f"{100 * small['target_accuracy']:.1f}% (smallest, {small['flops']:,} FLOPs); bank {folder / 'slimda.pt'}; "
