@@ -198,3 +198,13 @@ def test_old_architecture_files_still_load(tmp_path: Path) -> None:
 def test_unknown_choice_kind_is_named() -> None:
     with pytest.raises(ValueError, match="unknown choice kind 'nope'; registered: .*branches"):
         automtl.build(Net(), {"a": nn.Linear(6, 3)}, input_shape=(3, 8, 8), choice="nope")
+
+
+def test_cost_model_baseline_counts_the_heads_flops() -> None:
+    """The budget's baseline is the derived report's: T backbones plus every head's FLOPs."""
+    model = automtl.build(Net(), {"a": nn.Linear(6, 3), "b": nn.Sequential(nn.Linear(6, 4), nn.ReLU())},
+                          input_shape=(3, 8, 8))
+    report = model.derive(model.uniform_architecture("shared")).report()
+    heads = report["separate"]["flops"] - 2 * model.graph.flops
+    assert heads > 0
+    assert CostModel(model, "flops").baseline() == report["separate"]

@@ -298,6 +298,8 @@ def head_flops(head: nn.Module, feature_shape: Any) -> int:
     """FLOPs of one head on the trunk's output, as derive inlines it (0 for a head fx cannot trace)."""
     g = Graph("head")
     g.add(Node("feat", "input", [], {"shape": tuple(feature_shape)}))
+    g.outputs = ["feat"]
+    infer(g)  # the head is traced at the feature's shape
     out = _add_head(g, head, "t", "feat")
     g.outputs = [out]
     infer(g)
