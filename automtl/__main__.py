@@ -1,8 +1,6 @@
 """``python -m automtl``: the same command line as the ``automtl`` console script."""
 
-import sys
-
-from .app.cli import main
+from .app.cli import entry
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

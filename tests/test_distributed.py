@@ -19,6 +19,7 @@ from torch import nn
 
 from automtl.model.supermodel import build
 from automtl.search import distributed
+from automtl.search.distributed import exit_process, leave
 from automtl.search.searcher import SearchConfig, Searcher
 from automtl.train.tasks import Segmentation
 
@@ -63,7 +64,8 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
     try:
         torch.save({name: run_search(name) for name in ("plain", "normed")}, f"{out}/rank{rank}.pt")
     finally:
-        torch.distributed.destroy_process_group()
+        leave()
+    exit_process(0)  # past torch's gloo teardown, which can abort a finished process at exit
 
 
 @pytest.fixture(scope="module")
@@ -147,4 +149,5 @@ def _refuse_odd_batch(rank: int, init_file: str, out: str) -> None:
         except ValueError as e:
             Path(out, f"err{rank}.txt").write_text(str(e))
     finally:
-        torch.distributed.destroy_process_group()
+        leave()
+    exit_process(0)  # past torch's gloo teardown, which can abort a finished process at exit

@@ -21,6 +21,7 @@ from automtl.compiler.errors import CompileError
 from automtl.model.blocks import BlockModule, SmallResNet, build_blocks, find_blocks, find_graph_blocks, with_blocks
 from automtl.model.derive import derive
 from automtl.model.policies import CategoricalPolicy, MovingAverage, reinforce_loss
+from automtl.search.distributed import exit_process, leave
 from automtl.search.mpnas import MPNASConfig, MPNASSearcher, mpnas
 from automtl.search.paths import PathCost, block_paths, jaccard, reward, sharing
 from automtl.search.strategies import get_strategy
@@ -409,7 +410,8 @@ def _dp_worker(rank: int, world: int, init_file: str, out: str) -> None:
                     "derived": {k: v.detach() for k, v in result.model.state_dict().items()},
                     "choices": result.architecture.choices, "world": s.world}, f"{out}/rank{rank}.pt")
     finally:
-        torch.distributed.destroy_process_group()
+        leave()
+    exit_process(0)  # past torch's gloo teardown, which can abort a finished process at exit
 
 
 def test_data_parallel_processes_search_the_same_paths_and_end_identical(tmp_path: Path) -> None:

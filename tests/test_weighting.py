@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from automtl.search import distributed
+from automtl.search.distributed import exit_process, leave
 from automtl.train.weighting import (
     ABDP,
     DWA,
@@ -590,7 +591,8 @@ def _dp_worker(rank: int, world: int, init_file: str, out: str) -> None:
     try:
         torch.save({name: _dp_train(name, rank, world) for name in DP_METHODS}, f"{out}/rank{rank}.pt")
     finally:
-        torch.distributed.destroy_process_group()
+        leave()
+    exit_process(0)  # past torch's gloo teardown, which can abort a finished process at exit
 
 
 def test_two_processes_with_reduce_equal_one_on_the_global_batch(tmp_path: Path) -> None:

@@ -137,8 +137,12 @@ def _search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or stage lines (the table is printed)")
 
 
+_LEFT_GROUP = False  # this process ran a command under torchrun and has left its process group
+
+
 def _distributed(run: Callable[[], int]) -> int:
     """Run under the process group ``torchrun`` describes, if any; leave it afterwards."""
+    global _LEFT_GROUP
     from ..search import distributed
 
     joined = distributed.init_from_env()
@@ -146,9 +150,8 @@ def _distributed(run: Callable[[], int]) -> int:
         return run()
     finally:
         if joined:
-            import torch.distributed
-
-            torch.distributed.destroy_process_group()
+            distributed.leave()
+            _LEFT_GROUP = True
 
 
 def _search_run(args: argparse.Namespace) -> int:
@@ -472,8 +475,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """Console-script wrapper: exit with :func:`main`'s code."""
-    sys.exit(main())
+    """Console-script wrapper: exit with :func:`main`'s code (``python -m automtl`` too).
+
+    A data-parallel process ends at once after its command (see
+    :func:`~automtl.search.distributed.exit_process`): torch's gloo teardown can abort it at exit."""
+    code = main()
+    if _LEFT_GROUP:
+        from ..search.distributed import exit_process
+
+        exit_process(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ the weights or only the logits: averaging exactly the gradients that exist is si
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -27,7 +28,7 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = ["ShardedBatches", "ShardedSampler", "average_gradients", "average_tensor", "broadcast_buffers",
-           "init_from_env",
+           "exit_process", "init_from_env", "leave",
            "local_device", "mean_losses", "mean_scalar", "rank_and_world"]
 
 
@@ -51,6 +52,28 @@ def init_from_env() -> bool:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend)
     return True
+
+
+def leave() -> None:
+    """Leave the process group: wait for every process first (a barrier), so none tears down its
+    connections while another still uses them (gloo then aborts a process at exit)."""
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+
+def exit_process(code: int) -> None:
+    """End a data-parallel process now, after flushing its output.
+
+    torch's gloo teardown can abort a process at interpreter exit, after all of its work is done
+    ("terminate called without an active exception": a C++ thread still joinable when destroyed);
+    ``os._exit`` skips that teardown, so the exit status is the command's own.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def local_device(device: str | torch.device, world: int) -> torch.device:

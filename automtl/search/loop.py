@@ -378,8 +378,14 @@ class Loop:
 
         With ``stop_after=k`` it stops once ``k`` steps are done in all (counted from the very start)
         and saves a checkpoint to ``checkpoint`` when given; with ``every=n`` it also saves every
-        ``n`` steps.
+        ``n`` steps. Every progress bar is closed when it returns or raises.
         """
+        try:
+            return self._run_stages(stop_after, checkpoint, every)
+        finally:
+            self.end_bar()
+
+    def _run_stages(self, stop_after: int | None, checkpoint: str | os.PathLike[str] | None, every: int) -> bool:
         stages = self.stages()
         names = [s.name for s in stages]
         if self.progress["stage"] == "":

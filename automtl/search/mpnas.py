@@ -322,12 +322,8 @@ class MPNASSearcher(Loop):
         With ``stop_after=k`` it stops after ``k`` search steps, saves a checkpoint to ``checkpoint``
         when given and returns None; :meth:`resume` continues it exactly.
         """
-        try:
-            every = checkpoint_every if checkpoint is not None else 0
-            if not self.run_stages(stop_after, checkpoint, every):
-                return None
-        finally:
-            self.end_bar()
+        if not self.run_stages(stop_after, checkpoint, checkpoint_every if checkpoint is not None else 0):
+            return None
         arch = self.architecture()
         paths = block_paths(self.model, arch)
         rows = sharing(self.model, arch)

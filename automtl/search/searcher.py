@@ -518,12 +518,8 @@ class Searcher(Loop):
         a checkpoint to ``checkpoint`` when given and returns ``None``; :meth:`resume` continues it.
         With ``checkpoint_every=n`` (and ``checkpoint``) it also saves every ``n`` such steps.
         """
-        try:
-            every = checkpoint_every if checkpoint is not None else 0
-            if not self.run_stages(stop_after, checkpoint, every):
-                return None
-        finally:
-            self.end_bar()
+        if not self.run_stages(stop_after, checkpoint, checkpoint_every if checkpoint is not None else 0):
+            return None
         arch = self.derive()
         self.record_val("search", self.policy_step, self.validate(self.model, arch))
         model = self.finetune()

@@ -51,16 +51,17 @@ class ColourCodes(Dataset):
 
 
 class ColourCodeNet(nn.Module):
-    """``layers`` 3x3 convolutions (ReLU between); the last one writes 3 logits per pixel."""
+    """``layers`` 3x3 convolutions, batch norm and ReLU between (``norm``); the last one writes 3 logits per pixel."""
 
-    def __init__(self, width: int = 8, layers: int = 8) -> None:
+    def __init__(self, width: int = 16, layers: int = 6, norm: bool = True) -> None:
         super().__init__()
         chans = [3] + [width] * (layers - 1) + [3]
         self.convs = nn.ModuleList(nn.Conv2d(chans[i], chans[i + 1], 3, padding=1) for i in range(layers))
+        self.norms = nn.ModuleList(nn.BatchNorm2d(width) if norm else nn.Identity() for _ in range(layers - 1))
 
     def forward(self, x: Tensor) -> Tensor:
         for i, conv in enumerate(self.convs):
             x = conv(x)
             if i < len(self.convs) - 1:
-                x = F.relu(x)
+                x = F.relu(self.norms[i](x))
         return x
