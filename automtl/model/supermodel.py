@@ -164,6 +164,9 @@ class SuperModel(nn.Module):
                 gates = self.policy.one_hot(self.architecture_tensor(architecture))
             else:
                 gates = self.policy.gates(mode, tau, None, noise)
+        batch = next(iter(x.values())) if isinstance(x, Mapping) and x else x
+        if isinstance(batch, torch.Tensor) and batch.shape[0] == 0:
+            return self._empty(x, gates)
         if isinstance(x, Mapping):
             feats = self._multi_domain_trunk()(self._stack(x), gates)
             stacked = True
@@ -172,6 +175,19 @@ class SuperModel(nn.Module):
             stacked = self.output_stacked
         parts = feats.chunk(T) if stacked else [feats] * T
         return {t: self.heads[t](parts[i]) for i, t in enumerate(self.task_names)}
+
+    def _empty(self, x: torch.Tensor | Mapping[str, torch.Tensor], gates: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A batch of 0: empty outputs of the right shape (one sample runs in eval mode, no state changes)."""
+        one = ({t: v.new_zeros((1, *v.shape[1:])) for t, v in x.items()} if isinstance(x, Mapping)
+               else x.new_zeros((1, *x.shape[1:])))
+        was = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                out = self(one, gates=gates.detach())
+        finally:
+            self.train(was)
+        return {t: o[:0] for t, o in out.items()}
 
     def _stack(self, xs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         missing = [t for t in self.task_names if t not in xs]
@@ -292,7 +308,7 @@ def _check_heads(model: SuperModel, names: list[str]) -> None:
         head.eval()
         try:
             with torch.no_grad():
-                head(dummy)
+                out = head(dummy)
         except Exception as exc:  # noqa: BLE001 - any failure means the head does not fit
             raise ValueError(
                 f"the head of task {name!r} does not accept the trunk output of shape {list(shape)} "
@@ -300,3 +316,6 @@ def _check_heads(model: SuperModel, names: list[str]) -> None:
             ) from None
         finally:
             head.train(was)
+        if not isinstance(out, torch.Tensor):
+            raise ValueError(f"the head of task {name!r} returns a {type(out).__name__}, not a tensor: a head gives "
+                             "one output per task (wrap it to return the tensor the task's loss reads)")

@@ -155,7 +155,11 @@ def evaluate(
                 tasks[t].update(acc[t], out[t], targets[t])
     finally:
         model.train(was)
-    losses = {t: sums[t] / counts[t] if counts[t] else float("nan") for t in names}
+    unlabelled = [t for t in names if not counts[t]]
+    if unlabelled:  # its metrics would be NaN: say so instead
+        raise ValueError(f"task '{unlabelled[0]}': the evaluated split has no labelled sample for this task "
+                         f"(every target missing or masked); give the split labels for {unlabelled}")
+    losses = {t: sums[t] / counts[t] for t in names}
     return {
         "loss": losses,
         "metrics": {t: tasks[t].compute(acc[t]) for t in names},
