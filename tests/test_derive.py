@@ -183,10 +183,11 @@ def test_zoo_derived_equals_supermodel(name: str, bn: str, kinds: tuple[str, ...
 TINY_CONVS, TINY_BNS = 4, 4  # conv1, conv2, block.conv1, block.conv2 (the block's convs have identity skips)
 
 
-def tiny(bn: str = "follow", tasks: int = 3, heads: dict[str, nn.Module] | None = None) -> SuperModel:
+def tiny(bn: str = "follow", tasks: int = 3, heads: dict[str, nn.Module] | None = None,
+         check_heads: bool = True) -> SuperModel:
     torch.manual_seed(0)
     heads = heads or make_heads(10, tasks, spatial=False)
-    return perturb(build("tiny_cnn", heads, bn=bn))
+    return perturb(build("tiny_cnn", heads, bn=bn, check_heads=check_heads))
 
 
 def test_all_shared_follow_holds_the_trunk_once() -> None:
@@ -502,8 +503,13 @@ class TwoOutputs(nn.Module):
 
 
 def test_bare_leaf_and_multi_output_heads() -> None:
-    """A bare nn.Linear head is inlined as a typed operator; a head with two outputs stays one call."""
-    model = tiny("follow", heads={"bare": nn.Linear(10, 3), "pair": TwoOutputs(10)})
+    """A bare nn.Linear head is inlined as a typed operator; a head with two outputs stays one call.
+
+    (``build`` refuses a head that does not return one tensor, since no task can train it; a model built
+    without that check still derives and runs exactly.)"""
+    with pytest.raises(ValueError, match="the head of task 'pair' returns a tuple"):
+        tiny("follow", heads={"bare": nn.Linear(10, 3), "pair": TwoOutputs(10)})
+    model = tiny("follow", heads={"bare": nn.Linear(10, 3), "pair": TwoOutputs(10)}, check_heads=False)
     derived = model.derive(model.uniform_architecture("shared")).eval()
     assert [(n.name, n.kind) for n in derived.graph if n.name.startswith("head.")] == [
         ("head.bare.0", "linear"), ("head.pair", "opaque")]

@@ -255,15 +255,12 @@ class TaskBatchNorm(nn.Module):
         xv = x.reshape(groups, n, C, -1)
         if self.training:
             if single_shared and shared_input:
-                with torch.no_grad():
-                    var, mean = torch.var_mean(xv, dim=(1, 3), unbiased=False)
-                    self._update(g, mean.expand(T, C), self._unbiased(var, xv).expand(T, C))
-                return F.batch_norm(x, None, None, weight[0], bias[0], True, 0.0, self.eps)
+                y, mean, var = self._normalise(x, weight[0], bias[0])
+                self._update(g, mean.expand(T, C), self._unbiased(var, xv).expand(T, C))
+                return y
             if shared_input:  # the same statistics for every task: normalise once, then T affine maps
-                with torch.no_grad():
-                    var, mean = torch.var_mean(xv, dim=(1, 3), unbiased=False)
-                    self._update(g, mean.expand(T, C), self._unbiased(var, xv).expand(T, C))
-                xhat = F.batch_norm(x, None, None, None, None, True, 0.0, self.eps)
+                xhat, mean, var = self._normalise(x, None, None)
+                self._update(g, mean.expand(T, C), self._unbiased(var, xv).expand(T, C))
                 y = torch.addcmul(bias.view(T, 1, C, 1), xhat.reshape(1, n, C, -1), weight.view(T, 1, C, 1))
                 return y.reshape(T * n, *x.shape[1:])
             # stacked: every task by its own batch statistics, with torch's fused batch norm per task
@@ -272,10 +269,9 @@ class TaskBatchNorm(nn.Module):
                 rm, rv = self.specific_running_mean, self.specific_running_var
                 return torch.cat([F.batch_norm(xs[t], rm[t], rv[t], ws[t], bs[t], True, self.momentum, self.eps)
                                   for t in range(T)])
-            with torch.no_grad():
-                var, mean = torch.var_mean(xv, dim=(1, 3), unbiased=False)
-                self._update(g, mean, self._unbiased(var, xv))
-            return torch.cat([F.batch_norm(xs[t], None, None, ws[t], bs[t], True, 0.0, self.eps) for t in range(T)])
+            parts = [self._normalise(xs[t], ws[t], bs[t]) for t in range(T)]
+            self._update(g, torch.stack([p[1] for p in parts]), self._unbiased(torch.stack([p[2] for p in parts]), xv))
+            return torch.cat([p[0] for p in parts])
         # evaluation: one affine map per task from each branch's running statistics
         scale = None
         shift = None
@@ -293,6 +289,18 @@ class TaskBatchNorm(nn.Module):
             return x * scale[0].view(1, C, *([1] * (x.dim() - 2))) + shift[0].view(1, C, *([1] * (x.dim() - 2)))
         y = torch.addcmul(shift.view(T, 1, C, 1), xv, scale.view(T, 1, C, 1))
         return y.reshape(T * n, *x.shape[1:])
+
+    def _normalise(self, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batch-normalise ``x`` by its own statistics with torch's fused kernel, which also returns
+        them: ``(y, mean, biased variance)`` (detached), with no second pass over ``x``."""
+        if x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(x.device.type):
+            y, mean, invstd = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, self.eps)
+            with torch.no_grad():
+                return y, mean.detach(), (invstd.detach() ** -2 - self.eps).clamp_min(0)
+        with torch.no_grad():
+            var, mean = torch.var_mean(x.transpose(0, 1).reshape(x.shape[1], -1).float(), dim=1, unbiased=False)
+        return F.batch_norm(x, None, None, weight, bias, True, 0.0, self.eps), mean, var
 
     @staticmethod
     def _unbiased(var: torch.Tensor, xv: torch.Tensor) -> torch.Tensor:
