@@ -12,7 +12,8 @@ from automtl.model.derive import MultiTaskModel
 
 def test_demo_writes_a_run_directory_with_three_rows(tmp_path, capsys) -> None:
     torch.set_num_threads(1)
-    code = main(["demo", "--backbone", "tiny_cnn", "--trunk-output", "block", "--size", "16", "--images", "48",
+    code = main(["demo", "--data", "synthetic_scenes", "--backbone", "tiny_cnn", "--trunk-output", "block",
+                 "--size", "16", "--images", "48",
                  "--warmup-steps", "2", "--search-iterations", "2", "--finetune-steps", "2", "--out",
                  str(tmp_path), "--quiet"])
     assert code == 0
@@ -37,7 +38,8 @@ def test_export_cli_writes_a_checked_onnx_file_and_a_state_dict(tmp_path, capsys
     import onnx
 
     torch.set_num_threads(1)
-    assert main(["demo", "--backbone", "tiny_cnn", "--trunk-output", "block", "--size", "16", "--images", "32",
+    assert main(["demo", "--data", "synthetic_scenes", "--backbone", "tiny_cnn", "--trunk-output", "block",
+                 "--size", "16", "--images", "32",
                  "--warmup-steps", "1", "--search-iterations", "1", "--finetune-steps", "1", "--out",
                  str(tmp_path), "--quiet"]) == 0
     capsys.readouterr()
@@ -49,6 +51,18 @@ def test_export_cli_writes_a_checked_onnx_file_and_a_state_dict(tmp_path, capsys
     assert (tmp_path / "state_dict.pt").is_file()
     assert main(["export", str(tmp_path / "missing")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_the_default_demo_searches_colour_codes(tmp_path, capsys) -> None:
+    torch.set_num_threads(1)
+    assert main(["demo", "--images", "96", "--warmup-steps", "2", "--search-iterations", "2", "--finetune-steps",
+                 "2", "--out", str(tmp_path), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "| independent |" in printed and "| searched |" in printed and "Searched architecture:" in printed
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report["tasks"]) == {"a", "b", "c", "d"}
+    model = MultiTaskModel.load(tmp_path / "model.pt")
+    assert model.as_dict(torch.randn(2, 3, 8, 8))["b"].shape == (2, 3, 8, 8)
 
 
 def test_demo_never_writes_into_an_earlier_run(tmp_path) -> None:

@@ -287,13 +287,17 @@ def _show_run(args: argparse.Namespace) -> int:
 
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backbone", default="resnet18", help="zoo backbone (default resnet18)")
-    p.add_argument("--trunk-output", default="layer2", help="operator or submodule the heads read (default layer2)")
-    p.add_argument("--size", type=int, default=32, help="image size of SyntheticScenes (default 32)")
-    p.add_argument("--images", type=int, default=500, help="number of generated scenes (default 500)")
-    p.add_argument("--warmup-steps", type=int, default=60)
-    p.add_argument("--search-iterations", type=int, default=40)
-    p.add_argument("--finetune-steps", type=int, default=80)
+    p.add_argument("--data", choices=("colour_codes", "synthetic_scenes"), default="colour_codes",
+                   help="colour_codes (default: four tasks, sharing everything costs accuracy) or "
+                        "synthetic_scenes (segmentation, depth, normals on a zoo backbone)")
+    p.add_argument("--backbone", default="resnet18", help="synthetic_scenes: zoo backbone (default resnet18)")
+    p.add_argument("--trunk-output", default="layer2",
+                   help="synthetic_scenes: operator or submodule the heads read (default layer2)")
+    p.add_argument("--size", type=int, default=32, help="synthetic_scenes: image size (default 32)")
+    p.add_argument("--images", type=int, default=None, help="number of generated images (default 1280 / 500)")
+    p.add_argument("--warmup-steps", type=int, default=None, help="default 200 / 60")
+    p.add_argument("--search-iterations", type=int, default=None, help="default 300 / 40")
+    p.add_argument("--finetune-steps", type=int, default=None, help="default 200 / 80")
     p.add_argument("--out", default=None, help="run directory (default: the first free runs/demo, runs/demo-2, ...)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -304,7 +308,7 @@ def _demo_run(args: argparse.Namespace) -> int:
 
     def go() -> int:
         run_demo(args.backbone, args.trunk_output, args.size, args.images, args.warmup_steps, args.search_iterations,
-                 args.finetune_steps, out_dir=args.out, seed=args.seed, quiet=args.quiet)
+                 args.finetune_steps, out_dir=args.out, seed=args.seed, quiet=args.quiet, data=args.data)
         return 0
 
     return _distributed(go)
@@ -394,11 +398,12 @@ COMMANDS: dict[str, Command] = {
         "output per task, checked by onnx.checker and compared with PyTorch under onnxruntime.",
     ),
     "demo": Command(
-        help="search on SyntheticScenes and compare independent, all-shared and searched models",
+        help="search a built-in problem and compare independent, all-shared and searched models",
         add_arguments=_demo_arguments,
         run=_demo_run,
-        description="Compile a zoo backbone, search shared/specific/skip choices for segmentation, depth and "
-        "normals on the built-in SyntheticScenes data, derive the compact model and print a comparison table.",
+        description="Search shared/specific choices on the built-in ColourCodes tasks (sharing everything costs "
+        "accuracy there), or with --data synthetic_scenes shared/specific/skip choices for segmentation, depth "
+        "and normals on a zoo backbone; derive the compact model and print a comparison table.",
     ),
     "compile": Command(
         help="compile a backbone and print its operators, shapes, parameters and FLOPs",

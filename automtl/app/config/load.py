@@ -46,6 +46,32 @@ def config_from_dict(
     return from_dict(data, ctx, src, memory=check_memory)
 
 
+COLOUR_CODES = {"a": 0, "b": 1, "c": 2, "d": 0}  # the default demo's tasks and their codes (d copies a)
+
+
+def colour_codes_config(
+    *, images: int = 1280, warmup_steps: int = 200, search_iterations: int = 300, finetune_steps: int = 200,
+    seed: int = 0,
+) -> RunConfig:
+    """The default demo (``automtl demo``): four tasks of :class:`~automtl.train.colour_codes.ColourCodes`
+    on the shipped ColourCodeNet prototxt, where sharing everything costs accuracy, so the search has
+    something to find (the heads are identities: the last convolution writes each task's logits)."""
+    from ... import backbones
+
+    proto = str(Path(backbones.__file__).resolve().parent / "colour_code_net.prototxt")
+    head = {"factory": "torch.nn:Identity"}
+    return config_from_dict({
+        "backbone": {"name": proto, "input_shape": [3, 8, 8], "trunk_output": None, "bn": "follow", "skip": False},
+        "tasks": {t: {"kind": "segmentation", "num_classes": 3, "head": head} for t in COLOUR_CODES},
+        "data": {"factory": "automtl.train.colour_codes:ColourCodes", "n": images, "shifts": dict(COLOUR_CODES),
+                 "size": 8},
+        "search": {"warmup_steps": warmup_steps, "search_iterations": search_iterations,
+                   "finetune_steps": finetune_steps, "batch_size": 32, "weight_lr": 3e-3},
+        "seed": seed,
+        "baselines": list(BASELINES),
+    })
+
+
 def demo_config(
     *,
     backbone: str = "resnet18",
@@ -57,7 +83,8 @@ def demo_config(
     finetune_steps: int = 80,
     seed: int = 0,
 ) -> RunConfig:
-    """The built-in demo (``automtl demo``) as a run configuration; the keywords override its settings.
+    """The SyntheticScenes demo (``automtl demo --data synthetic_scenes``) as a run configuration; the
+    keywords override its settings.
 
     Segmentation, depth and normals on SyntheticScenes with dense heads of 32 hidden channels on
     ``trunk_output``: the model :func:`build_model` makes is the one :mod:`automtl.app.demo` searches.
