@@ -96,3 +96,9 @@ def randomize() -> Callable[..., nn.Module]:
 def assert_same() -> Callable[..., torch.fx.GraphModule]:
     """``assert_same(module, graph)``: the compiled graph equals the eager module; returns the GraphModule."""
     return check_equal
+
+
+@pytest.fixture
+def no_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if no GPU were present (config tests that resolve ``device: auto``)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -124,11 +124,6 @@ def load_error(tmp_path: Path, text: str, name: str = "run.yaml") -> tuple[str, 
     return path, message
 
 
-@pytest.fixture
-def no_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-
-
 # parsing and resolution ------------------------------------------------------------------------
 
 

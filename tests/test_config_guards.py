@@ -16,6 +16,7 @@ import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_config import line_of, load_error, write
 
 from automtl.app import cli
 from automtl.app.config import (
@@ -43,30 +44,6 @@ data:
   images: 8
 device: cpu
 """
-
-
-def write(tmp_path: Path, text: str, name: str = "run.yaml") -> str:
-    path = tmp_path / name
-    path.write_text(text)
-    return str(path)
-
-
-def line_of(text: str, needle: str) -> int:
-    return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
-
-
-def load_error(tmp_path: Path, text: str, name: str = "run.yaml") -> tuple[str, str]:
-    path = write(tmp_path, text, name)
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    message = str(info.value)
-    assert "\n" not in message
-    return path, message
-
-
-@pytest.fixture
-def no_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
 # search strategies -----------------------------------------------------------------------------
