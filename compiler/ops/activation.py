@@ -1,0 +1,37 @@
+"""Operator kinds: element-wise activations (one entry each), PReLU and dropout."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import OpKind, _same, _unary, numel, register
+
+# --- activations -------------------------------------------------------------------------------
+
+_unary("relu", F.relu)
+_unary("relu6", F.relu6)
+_unary("leaky_relu", F.leaky_relu, lambda n: {"negative_slope": n.attrs["negative_slope"]})
+_unary("clip", torch.clamp, lambda n: {"min": n.attrs.get("min"), "max": n.attrs.get("max")})
+_unary("sigmoid", torch.sigmoid)
+_unary("tanh", torch.tanh)
+_unary("hardswish", F.hardswish)
+_unary("hardsigmoid", F.hardsigmoid)
+_unary("silu", F.silu)
+_unary("gelu", F.gelu)
+_unary("elu", F.elu, lambda n: {"alpha": n.attrs.get("alpha", 1.0)})
+_unary("softmax", F.softmax, lambda n: {"dim": n.attrs["dim"]})
+_unary("log_softmax", F.log_softmax, lambda n: {"dim": n.attrs["dim"]})
+
+register(
+    OpKind(
+        "prelu", _same,
+        params=lambda n, s: n.attrs["num_parameters"],
+        flops=lambda n, s, o: 2 * numel(o),
+        module=lambda n, s: nn.PReLU(n.attrs["num_parameters"]),
+        weights=("weight",),
+    )
+)
+register(OpKind("dropout", _same, module=lambda n, s: nn.Dropout(n.attrs.get("p", 0.5))))
+
