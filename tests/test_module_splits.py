@@ -6,8 +6,10 @@ from __future__ import annotations
 import importlib
 import pickle
 
+import pytest
 import torch
 
+from automtl.search import searcher
 from automtl.train import tasks
 
 
@@ -42,3 +44,22 @@ def test_task_pickled_from_the_old_module_loads_with_its_state() -> None:
     assert (loaded.name, loaded.num_classes, loaded.weight) == ("seg", 3, 2.0)
     pred, target = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
     assert loaded.metrics(pred, target) == seg.metrics(pred, target)
+
+
+def test_searcher_exports_the_config_and_schedule_from_their_module() -> None:
+    _check_exports(searcher)
+    from automtl.search import search_config
+
+    assert searcher.SearchConfig is search_config.SearchConfig
+    assert searcher.temperature is search_config.temperature
+    config = searcher.SearchConfig(search_iterations=100, tau_interval=None)
+    assert searcher.temperature(4, config) == pytest.approx(5.0 * 0.965**2)  # interval 100 // 50 = 2
+    with pytest.raises(ValueError, match="sharing_floor"):
+        searcher.SearchConfig(sharing_floor=1.5)
+
+
+def test_search_config_pickled_from_the_old_module_loads_equal() -> None:
+    config = searcher.SearchConfig(warmup_steps=3, budget_target=0.5, split_fractions=(0.5, 0.3, 0.2))
+    loaded = pickle.loads(_old_path_pickle(config, "automtl.search.searcher"))
+    assert type(loaded) is searcher.SearchConfig
+    assert loaded == config
