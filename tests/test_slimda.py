@@ -305,30 +305,6 @@ def test_budget_search_and_derive_budget_from_the_cli(tmp_path, capsys) -> None:
     assert "the smallest network" in capsys.readouterr().err
 
 
-def test_search_and_derive_a_slimda_config_from_the_cli(tmp_path, capsys) -> None:  # noqa: ANN001
-    import json
-
-    from automtl.app.cli import main
-
-    (tmp_path / "run.yaml").write_text(
-        "backbone: {name: tiny_cnn, input_shape: [3, 16, 16], trunk_output: block}\n"
-        "tasks: {digit: {kind: classification, num_classes: 10}}\n"
-        "data: {factory: 'automtl.train.domain_shift:domain_shift_digits', n_source: 40, size: 16, channels: 3}\n"
-        "search: {strategy: slimda, steps: 3, batch_size: 8, calibration_batches: 1, budget_candidates: 4}\n"
-        "device: cpu\ncheckpoint_every: 2\n")
-    out = tmp_path / "r"
-    assert main(["search", str(tmp_path / "run.yaml"), "--out", str(out), "--quiet"]) == 0
-    said = capsys.readouterr().out
-    assert "target accuracy" in said and "--budget" in said
-    result = json.loads((out / "result.json").read_text())
-    assert result["networks"]["smallest"]["flops"] < result["networks"]["largest"]["flops"]
-    assert (out / "slimda.pt").is_file() and (out / "checkpoint.pt").is_file() and (out / "config.yaml").is_file()
-    assert main(["derive", str(out), "--budget", "0.5"]) == 0
-    assert json.loads((out / "derived" / "slim-0.5.json").read_text())["flops_ratio"] <= 0.5
-    assert main(["search", str(tmp_path / "run.yaml"), "--out", str(out)]) == 2  # a used folder is refused
-    assert "holds files" in capsys.readouterr().err
-
-
 def test_a_zoo_backbone_with_depthwise_and_residual_blocks_slices_exactly() -> None:
     net = SlimmableNet(automtl.compile("mobilenet_v2", (3, 32, 32))).eval()
     assert len(net.groups) > 10 and [g for g, grp in net.plan.groups.items() if grp.fixed] == ["x"]

@@ -204,7 +204,7 @@ def _derive_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _derive_budget(args: argparse.Namespace) -> int:
-    from ..search.slimda_budget import derive_budget
+    from .slimda import derive_budget
 
     r = derive_budget(args.run_dir, args.budget, out=args.out)
     print(f"wrote {r['model']} and {r.get('onnx', '(no ONNX)')}: {r['flops']:,} FLOPs ({r['flops_ratio']:.3f} of the "

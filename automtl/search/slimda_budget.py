@@ -10,13 +10,12 @@ target images, and its UPEM (discrepancy of its target predictions from the larg
 is read.
 
 :func:`save_bank` / :func:`load_bank` write and read the bank a SlimDA run leaves
-(``slimda.pt``); :func:`derive_budget` is ``automtl derive RUN --budget B``: the chosen network as a
-plain compact model (``torch.save``'d module and ONNX), its UPEM, FLOPs and measured latency.
+(``slimda.pt``); ``automtl derive RUN --budget B`` (:func:`automtl.app.slimda.derive_budget`) writes the
+chosen network as a plain compact model (``torch.save``'d module and ONNX), its UPEM, FLOPs and latency.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
@@ -30,7 +29,7 @@ import torch
 from ..model.width import SlimClassifier, SlimmableNet, Widths
 from .slimda_losses import upem
 
-__all__ = ["derive_budget", "load_bank", "measure_latency", "sample_under_budget", "save_bank", "search_budget"]
+__all__ = ["load_bank", "measure_latency", "sample_under_budget", "save_bank", "search_budget"]
 
 
 @torch.no_grad()
@@ -159,35 +158,3 @@ def load_bank(path: str | os.PathLike[str]) -> tuple[SlimClassifier, dict[str, A
     model = SlimClassifier(SlimmableNet(state["graph"]), state["num_classes"], state["task"], state["deploy"])
     model.load_state_dict(state["state_dict"])
     return model.eval(), state["config"], state["images"]
-
-
-def derive_budget(run: str | os.PathLike[str], budget: float, out: str | os.PathLike[str] | None = None,
-                  onnx: bool = True, candidates: int | None = None) -> dict[str, Any]:
-    """The network of ``run``'s bank chosen by UPEM for ``budget``, written as a plain compact model.
-
-    Writes ``<out>/slim-<budget>.pt`` (the module, ``torch.load(weights_only=False)``), ``.onnx`` (checked
-    with onnxruntime) and ``.json`` (widths, FLOPs, UPEM, latency); returns that record.
-    """
-    model, config, images = load_bank(run)
-    widths = config.get("widths", [0.25, 0.5, 0.75, 1.0])
-    found = search_budget(model, widths, images, budget, candidates or config.get("budget_candidates", 64),
-                          seed=config.get("seed", 0))
-    model.trunk.calibrate(found["widths"], images)
-    compact = model.derive(found["widths"])
-    folder = Path(out) if out is not None else (Path(run) if Path(run).is_dir() else Path(run).parent) / "derived"
-    folder.mkdir(parents=True, exist_ok=True)
-    name = f"slim-{budget:g}"
-    files = {ext: folder / f"{name}.{ext}" for ext in ("pt", "onnx", "json")}
-    shape = tuple(images[0].shape[1:])
-    torch.save(compact, files["pt"])
-    record = {k: found[k] for k in ("widths", "flops", "flops_ratio", "upem", "budget", "full_flops")}
-    record.update(params=sum(p.numel() for p in compact.parameters()), latency_ms=measure_latency(compact, (1, *shape)),
-                  candidates=len(found["candidates"]), model=str(files["pt"]))
-    if onnx:
-        from ..app.export import check_onnx, export_onnx
-
-        export_onnx(compact, files["onnx"], shape)
-        record["onnx"] = str(files["onnx"])
-        record["onnx_max_abs_diff"] = max(check_onnx(files["onnx"], compact, images[0][:2]).values())
-    files["json"].write_text(json.dumps(record, indent=1) + "\n")
-    return record
