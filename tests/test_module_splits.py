@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from automtl.search import searcher
-from automtl.train import tasks
+from automtl.train import data, tasks
 
 
 def _old_path_pickle(obj: object, old_module: str) -> bytes:
@@ -63,3 +63,25 @@ def test_search_config_pickled_from_the_old_module_loads_equal() -> None:
     loaded = pickle.loads(_old_path_pickle(config, "automtl.search.searcher"))
     assert type(loaded) is searcher.SearchConfig
     assert loaded == config
+
+
+def test_data_exports_every_name_and_the_digit_caches_tests_clear() -> None:
+    _check_exports(data)
+    from automtl.train import digits, scenes
+
+    assert data.SyntheticScenes.__module__ == "automtl.train.scenes"
+    assert data.SCENE_WIDTH == scenes.SCENE_WIDTH and data.SHAPE_KINDS == scenes.SHAPE_KINDS
+    assert data._load_digits is digits._load_digits and data._digit_pool is digits._digit_pool
+
+
+def test_datasets_pickled_from_the_old_module_load_and_give_the_same_items() -> None:
+    scenes_ds = data.SyntheticScenes(3, size=16, seed=4, tasks=("segmentation", "depth"))
+    loaded = pickle.loads(_old_path_pickle(scenes_ds, "automtl.train.data"))
+    assert type(loaded) is data.SyntheticScenes
+    x, y = loaded[2]
+    x0, y0 = scenes_ds[2]
+    assert torch.equal(x, x0) and torch.equal(y["depth"], y0["depth"]) and set(y) == {"segmentation", "depth"}
+    both = data.MultiDomain({"a": scenes_ds}, target_keys={"a": "depth"})
+    again = pickle.loads(_old_path_pickle(both, "automtl.train.data"))
+    assert type(again) is data.MultiDomain and len(again) == 3
+    assert torch.equal(again[1]["a"][1], scenes_ds[1][1]["depth"])
