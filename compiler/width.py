@@ -33,7 +33,7 @@ Rules (the stable API other passes build on):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -44,7 +44,11 @@ from .errors import CompileError
 from .ir import Graph, Node
 from .passes import infer
 
-__all__ = ["ChannelGroup", "Thinned", "channel_groups", "half_size", "scale_widths"]
+__all__ = ["ChannelGroup", "Pin", "Thinned", "channel_groups", "group_width", "half_size", "scale_widths"]
+
+#: a caller's extra rule: the reason why the channels an operator reads and writes must keep their count
+#: (``None``: no objection). The slimmable runtime pins what it cannot slice at run time.
+Pin = Callable[[Node], "str | None"]
 
 # operators whose output has the input's channel layout (element-wise, pooling, resizing, norms)
 _SAME = {
@@ -93,7 +97,7 @@ Layout = tuple[tuple[int, Fraction], ...]
 class _Analysis:
     """Channel spaces of every value (union-find), and each operator's input and output layouts."""
 
-    def __init__(self, graph: Graph, keep_outputs: bool) -> None:
+    def __init__(self, graph: Graph, keep_outputs: bool, pin: Pin | None = None) -> None:
         self.graph = graph
         self.parent: list[int] = []
         self.size: list[int] = []
@@ -107,6 +111,10 @@ class _Analysis:
         self.split: dict[str, tuple[Fraction, Fraction]] = {}  # channel narrows: start and length as fractions
         for node in graph:
             self.layout[node.name] = self._visit(node)
+            why = pin(node) if pin is not None else None
+            if why:
+                for lay in [self.layout.get(i) for i in node.inputs] + [self.layout[node.name]]:
+                    self._pin(lay, why)
         if keep_outputs:
             for out in graph.outputs:
                 self._pin(self.layout.get(out), "a graph output (keep_outputs=True)")
@@ -337,8 +345,7 @@ class _Analysis:
             if self.fixed[r] or f == 1.0:
                 sizes[r] = self.size[r]
                 continue
-            m = self.multiple[r]
-            sizes[r] = max(m, int(round(self.size[r] * f / m)) * m)
+            sizes[r] = group_width(self.size[r], f, self.multiple[r])
         return sizes
 
     def keep_index(self, layout: Layout, sizes: Mapping[int, int]) -> torch.Tensor:
@@ -350,6 +357,12 @@ class _Analysis:
             idx.extend(range(offset, offset + int(sizes[root] * r)))
             offset += int(self.size[root] * r)
         return torch.tensor(idx, dtype=torch.long)
+
+
+def group_width(channels: int, factor: float, multiple: int = 1) -> int:
+    """Channels a group of ``channels`` keeps at width ``factor``: rounded to a multiple of ``multiple``, at least one
+    multiple."""
+    return max(multiple, int(round(channels * factor / multiple)) * multiple)
 
 
 def _rank(shape: Any) -> int | None:

@@ -12,8 +12,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import automtl
 from automtl.compiler.errors import CompileError
-from automtl.model.width import SlimmableNet, sandwich
-from automtl.model.width_groups import channel_groups, group_width
+from automtl.compiler.width import group_width
+from automtl.compiler.width_plan import WidthPlan
+from automtl.model.width import SlimmableNet, runtime_pin, sandwich
 
 
 class Residual(nn.Module):
@@ -56,18 +57,19 @@ def _bank(seed: int = 0) -> SlimmableNet:
 
 
 def test_tied_channel_groups_on_a_residual_network() -> None:
-    plan = channel_groups(automtl.compile(Residual(), (1, 8, 8)))
+    plan = WidthPlan(automtl.compile(Residual(), (1, 8, 8)), keep_outputs=False, pin=runtime_pin)
     groups = plan.groups
     # the stem's channels are tied to a2's through the first residual add; b2's to the projection's
-    stem = plan.layout["stem"][0][0]
-    assert plan.layout["a2"][0][0] == stem and plan.layout["add"][0][0] == stem
-    assert plan.layout["proj"][0][0] == plan.layout["b2"][0][0] != stem
+    stem = plan.layout("stem")[0][0]
+    assert plan.layout("a2")[0][0] == stem and plan.layout("add")[0][0] == stem
+    assert plan.layout("proj")[0][0] == plan.layout("b2")[0][0] != stem
     # a1 and b1 are free; the concat lays c1 and c2 side by side; the depthwise conv keeps that layout
-    assert plan.layout["a1"] == [("a1", 8)] and plan.layout["b1"] == [("b1", 12)]
-    assert plan.layout["cat"] == [("c1", 6), ("c2", 4)] == plan.layout["dw"] == plan.layout["bn"]
-    assert groups["x"].fixed is not None and "x" not in plan.thinnable
-    assert set(plan.thinnable) == {stem, "a1", "b1", plan.layout["b2"][0][0], "c1", "c2", "last"}
+    assert plan.layout("a1") == [("a1", 8)] and plan.layout("b1") == [("b1", 12)]
+    assert plan.layout("cat") == [("c1", 6), ("c2", 4)] == plan.layout("dw") == plan.layout("bn")
+    assert groups["x"].fixed and "x" not in plan.thinnable
+    assert set(plan.thinnable) == {stem, "a1", "b1", plan.layout("b2")[0][0], "c1", "c2", "last"}
     assert group_width(6, 0.25) == 2 and group_width(4, 0.25) == 1 and group_width(3, 0.01) == 1
+    assert group_width(48, 0.3, multiple=8) == 16
 
 
 def test_a_fixed_group_is_refused_by_name() -> None:
@@ -329,3 +331,48 @@ def test_groups_and_flops_agree_with_the_compiler_width_pass() -> None:
     net = _bank()
     for seed in range(3):
         _agrees_with_the_compiler_width_pass(net, net.random([0.25, 0.5, 0.75, 1.0], random.Random(seed)))
+
+
+class Pinned(nn.Module):
+    """A depthwise conv with a channel multiplier, a channel split (chunk) and a grouped conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.dw = nn.Conv2d(8, 16, 3, padding=1, groups=8)  # two filters per input channel
+        self.pw = nn.Conv2d(16, 12, 1)
+        self.ca = nn.Conv2d(6, 6, 3, padding=1)
+        self.grp = nn.Conv2d(12, 8, 1, groups=4)
+        self.last = nn.Conv2d(8, 16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.dw(F.relu(self.bn(self.stem(x))))
+        a, b = self.pw(x).chunk(2, 1)
+        x = self.grp(torch.cat([self.ca(a), b], 1))
+        return F.adaptive_avg_pool2d(F.relu(self.last(x)), 1).flatten(1)
+
+
+def test_the_bank_keeps_full_what_it_cannot_slice_at_run_time() -> None:
+    from automtl.compiler import width as compiler_width
+
+    torch.manual_seed(0)
+    graph = automtl.compile(Pinned(), (1, 8, 8))
+    net = SlimmableNet(graph).eval()
+    # the compiler alone scales the split and the grouped conv (in multiples); the bank pins them, naming why
+    theirs = {g.name: g for g in compiler_width.channel_groups(graph, keep_outputs=False)}
+    assert not theirs["pw"].fixed and theirs["pw"].multiple % 2 == 0 and not theirs["ca"].fixed
+    assert sorted(net.groups) == ["last", "stem"]
+    assert "channel split" in net.plan.groups["pw"].fixed and "grouped convolution" in net.plan.groups["grp"].fixed
+    with pytest.raises(CompileError, match="channel group 'pw' may not be cut: the channel split"):
+        net.flops({"pw": 0.5})
+    # the depthwise conv with a multiplier follows the stem's width at run time, and equals the thin network
+    x = torch.randn(3, 1, 8, 8)
+    for factors in ({"stem": 0.25, "last": 0.5}, {"stem": 0.5, "last": 1.0}, net.uniform(0.75)):
+        thin = net.thin(factors)
+        assert sum(m.out_channels for m in thin.modules() if isinstance(m, nn.Conv2d) and m.groups == m.in_channels
+                   and m.groups > 1) == 2 * round(8 * factors["stem"])
+        with torch.no_grad():
+            assert torch.allclose(net(x, factors), thin(x), atol=1e-5)
+        assert net.flops(factors) == compiler_width.scale_widths(graph, factors, keep_outputs=False).flops
+        assert net.flops(factors) < net.flops(net.full())

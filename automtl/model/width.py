@@ -2,19 +2,21 @@
 
 Why widths are a runtime argument of one weight bank and not a choice kind: a width choice is not
 local to one operator. Cutting a convolution's output channels cuts the input channels of every
-reader, and channels tied through residual adds and concatenations must be cut together
-(:mod:`automtl.model.width_groups` finds these groups on the IR). A choice kind decides and derives
-each operator on its own (``derive(module, node, option, task)`` sees one node), so it cannot keep
+reader, and channels tied through residual adds and concatenations must be cut together (the
+compiler's width pass, :mod:`automtl.compiler.width`, finds these groups on the IR). A choice kind decides
+and derives each operator on its own (``derive(module, node, option, task)`` sees one node), so it cannot keep
 tied channels equal or slice a reader's input. Slimmable networks (Yu et al., 2019) run the same
 weights at many widths, switching per forward pass; SlimDA trains several widths in every step
 (the model batch), so the bank takes a width configuration per call: ``net(x, factors)``.
 
 A width configuration maps each cuttable channel group's name to a fraction of its channels
-(:func:`~automtl.model.width_groups.group_width` rounds; groups left out stay full). The kept
-channels are a prefix of each group, as in slimmable networks. :meth:`SlimmableNet.thin` emits the
-plain compact network of a configuration (its graph from
-:func:`~automtl.model.width_groups.scale_widths`, the bank's weights sliced into it), and
-:meth:`SlimmableNet.flops` counts it exactly with the compiler.
+(:func:`~automtl.compiler.width.group_width` rounds; groups left out stay full). The kept
+channels are a prefix of each group, as in slimmable networks. One analysis of the IR
+(:class:`~automtl.compiler.width_plan.WidthPlan`) gives the groups, every value's kept channels at
+run time, and the thin graph: :meth:`SlimmableNet.thin` emits the plain compact network of a
+configuration (the bank's weights sliced into it), and :meth:`SlimmableNet.flops` counts it exactly
+with the compiler. What the runtime cannot slice on the fly stays full width (:func:`runtime_pin`):
+grouped (not depthwise) convolutions, channel splits, group and instance norms.
 
 Batch norm: in training every width normalises with its batch's statistics (nothing is tracked,
 since shared running statistics of many widths mean nothing); before evaluating a configuration,
@@ -35,7 +37,7 @@ from torch import nn
 
 from ..compiler.codegen import build_module, codegen, node_modules
 from ..compiler.ir import Graph, Node
-from .width_groups import WidthPlan, channel_groups, kept_channels, scale_widths
+from ..compiler.width_plan import WidthPlan
 
 Widths = dict[str, float]
 
@@ -67,9 +69,9 @@ class SlimOp(nn.Module):
         op: Any = self.op
         i, o = self.idx_in, self.idx_out
         if self.kind == "conv2d":
-            if self.depthwise:
+            if self.depthwise:  # one group per kept input channel (a channel multiplier keeps its filters together)
                 w = _pick(op.weight, 0, o)
-                groups = w.shape[0]
+                groups = x.shape[1]
             else:
                 w = _pick(_pick(op.weight, 0, o), 1, i)
                 groups = op.groups
@@ -116,6 +118,22 @@ class SlimOp(nn.Module):
 _SLIM_KINDS = ("conv2d", "conv_transpose2d", "linear", "batch_norm", "scale", "prelu")
 
 
+def runtime_pin(node: Node) -> str | None:
+    """Why the bank keeps the channels ``node`` reads and writes at full width (None: it slices them at run time).
+
+    The compiler scales grouped convolutions in multiples and channel splits by their fractions; the bank
+    runs the full graph's code, whose group counts, split bounds and norm sizes are fixed attributes."""
+    k, a = node.kind, node.attrs
+    if k in ("conv2d", "conv_transpose2d") and a["groups"] != 1 and not (k == "conv2d" and a["groups"] ==
+                                                                         a["in_channels"]):
+        return f"the grouped convolution {node.name!r} is not sliced at run time"
+    if k == "narrow" and isinstance(node.shape, tuple) and a["dim"] % len(node.shape) == 1:
+        return f"the channel split {node.name!r} is not sliced at run time"
+    if k in ("group_norm", "instance_norm"):
+        return f"the {k} {node.name!r} is not sliced at run time"
+    return None
+
+
 class SlimmableNet(nn.Module):
     """A compiled backbone as one weight bank runnable at any width configuration (see the module doc)."""
 
@@ -124,7 +142,7 @@ class SlimmableNet(nn.Module):
         if len(graph.outputs) != 1:
             raise ValueError(f"a slimmable network needs one output; graph {graph.name!r} has {graph.outputs}")
         self.graph = graph
-        self.plan: WidthPlan = channel_groups(graph)
+        self.plan = WidthPlan(graph, keep_outputs=False, pin=runtime_pin)
         self.net = codegen(graph, self._factory, class_name="SlimmableNet")
         self.slim: dict[str, SlimOp] = {n: m for n, m in node_modules(self.net).items() if isinstance(m, SlimOp)}
         self.factors: Widths = {}
@@ -158,7 +176,7 @@ class SlimmableNet(nn.Module):
 
     def set_widths(self, factors: Mapping[str, float]) -> None:
         """Run at ``factors`` from now on (missing groups at full width)."""
-        keep = kept_channels(self.plan, factors)
+        keep = self.plan.kept_channels(factors)
         for name, mod in self.slim.items():
             node = self.graph[name]
             mod.idx_in = keep.get(node.inputs[0]) if node.inputs else None
@@ -174,14 +192,15 @@ class SlimmableNet(nn.Module):
     # --- costs and the compact network -----------------------------------------------------------
     def thin_graph(self, factors: Mapping[str, float], weights: bool = False) -> Graph:
         """The compiler's graph of the thin network at ``factors`` (with the bank's weights sliced in)."""
+        if not weights:
+            return self.plan.scale(factors)
         graph = self.graph.copy(tensors=False)
-        if weights:
-            for name, mod in node_modules(self.net).items():
-                plain = mod.op if isinstance(mod, SlimOp) else mod
-                state = {k: v.detach().clone() for k, v in plain.state_dict().items() if k != "num_batches_tracked"}
-                if state:
-                    graph[name].tensors = state
-        return scale_widths(channel_groups(graph) if weights else self.plan, factors)
+        for name, mod in node_modules(self.net).items():
+            plain = mod.op if isinstance(mod, SlimOp) else mod
+            state = {k: v.detach().clone() for k, v in plain.state_dict().items() if k != "num_batches_tracked"}
+            if state:
+                graph[name].tensors = state
+        return self.plan.scale(factors, graph)
 
     def flops(self, factors: Mapping[str, float]) -> int:
         """FLOPs of the thin network at ``factors``, counted by the compiler (exact, cached)."""
@@ -275,7 +294,7 @@ class SlimClassifier(nn.Module):
 
     def flops(self, factors: Mapping[str, float]) -> int:
         """FLOPs of the compact classifier at ``factors``: the thin trunk's (the compiler's count) and one head's."""
-        keep = kept_channels(self.trunk.plan, factors)[self.trunk.graph.outputs[0]]
+        keep = self.trunk.plan.kept_channels(factors)[self.trunk.graph.outputs[0]]
         return self.trunk.flops(factors) + 2 * len(keep) * self.num_classes  # type: ignore[arg-type]
 
     def derive(self, factors: Mapping[str, float], head: str | None = None) -> CompactClassifier:
