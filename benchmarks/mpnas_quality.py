@@ -39,7 +39,7 @@ from automtl.model.blocks import SmallResNet, build_blocks
 from automtl.model.derive import MultiTaskModel, derive
 from automtl.search import TrainConfig, Trainer, evaluate
 from automtl.search.mpnas import MPNASConfig, MPNASSearcher
-from automtl.search.paths import FixedPath, jaccard, reinitialise
+from automtl.search.paths import FixedPath, jaccard, recalibrate_batch_norms, reinitialise
 from automtl.train.data import MultiDomain
 from automtl.train.domains import DomainSuite, domain_suite
 from automtl.train.tasks import classification_head
@@ -64,7 +64,16 @@ def train(model: Any, pick: torch.Tensor, suite: DomainSuite, domains: list[str]
     arch = model.architecture_from_indices(pick)
     fresh = reinitialise(copy.deepcopy(model), seed + 1)
     cfg = TrainConfig(batch_size=args.batch, weight_lr=args.lr, seed=seed, quiet=True, weighting=weighting)
-    Trainer(FixedPath(fresh, arch), tasks, data, cfg).train(args.steps)
+    path = FixedPath(fresh, arch, multi_domain=True)
+    Trainer(path, tasks, data, cfg).train(args.steps)
+    if args.recalibrate:  # batch-norm statistics at the trained weights, as MPNASSearcher.train_derived does
+        batches = DataLoader(data[0], batch_size=args.batch, shuffle=True, collate_fn=_collate,
+                             generator=torch.Generator().manual_seed(seed))
+
+        def forward(batch: dict[str, Any]) -> None:
+            path(*[batch[d][0] for d in domains])
+
+        recalibrate_batch_norms(path, batches, forward, args.recalibrate)
     derived = derive(fresh.eval(), arch, multi_domain=True).eval()
     metrics = evaluate(derived, tasks, DataLoader(data[1], batch_size=256, collate_fn=_collate))["metrics"]
     return derived, {d: metrics[d]["accuracy"] for d in domains}
@@ -193,13 +202,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--shared-bn", action="store_true",
                     help="shared blocks share their batch norms too (default: each domain its own, 'domain_block')")
+    ap.add_argument("--steps", type=int, default=None, help="training steps of every final model (default 300 / 1200)")
+    ap.add_argument("--search-steps", type=int, default=None, help="steps of each search (default 300 / 1000)")
+    ap.add_argument("--recalibrate", type=int, default=20, metavar="N",
+                    help="batch-norm statistics recomputed over N training batches after training (0: as trained)")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown here (default: print)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.domain_bn = not args.shared_bn
     size, n_train, n_val = (16, 400, 200) if args.quick else (32, 800, 300)
     args.width = 8 if args.quick else 16
-    args.steps, args.search_steps = (300, 300) if args.quick else (1200, 1000)
+    steps, search_steps = (300, 300) if args.quick else (1200, 1000)
+    args.steps = steps if args.steps is None else args.steps
+    args.search_steps = search_steps if args.search_steps is None else args.search_steps
     if args.smoke:
         args.steps, args.search_steps, n_train, n_val = 4, 4, 32, 16
     args.batch, args.lr, args.policy_lr, args.beta, args.cost_target = 16, 3e-3, 0.05, -0.1, 0.5
@@ -217,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
              f"{args.width}; final models {args.steps} steps, searches {args.search_steps} steps (+); batch "
              f"{args.batch} per domain, Adam lr {args.lr}; reward absolute, beta {args.beta}, FLOPs target "
              f"{args.cost_target} of the full path; batch norms {'shared' if args.shared_bn else 'per domain'} in "
-             f"shared blocks; {args.seeds} seed(s); {minutes:.1f} min on "
+             f"shared blocks, their statistics "
+             + (f"recomputed over {args.recalibrate} training batches after training" if args.recalibrate else
+                "as trained") + f"; {args.seeds} seed(s); {minutes:.1f} min on "
              f"{platform.machine()} ({torch.get_num_threads()} thread). Accuracy on the validation images.", "",
              *table(results, domains), "", "| target | | measured |", "|---|---|---|", *targets(results), ""]
     info = infos[0]

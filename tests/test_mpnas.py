@@ -23,7 +23,7 @@ from automtl.model.derive import derive
 from automtl.model.policies import CategoricalPolicy, MovingAverage, reinforce_loss
 from automtl.search.distributed import exit_process, leave
 from automtl.search.mpnas import MPNASConfig, MPNASSearcher, mpnas
-from automtl.search.paths import PathCost, block_paths, jaccard, reward, sharing
+from automtl.search.paths import FixedPath, PathCost, block_paths, jaccard, recalibrate_batch_norms, reward, sharing
 from automtl.search.strategies import get_strategy
 from automtl.train.data import MultiDomain
 from automtl.train.domains import DOMAINS, domain_suite, make_domain, suite_splits
@@ -264,6 +264,32 @@ def test_mpnas_is_a_registered_strategy_and_runs_from_a_config(tmp_path: Path) -
     assert result.config.final_weighting == "abdp"
     with pytest.raises(Exception, match="cost_kind"):
         MPNASConfig(cost_kind="latency")
+
+
+@pytest.mark.parametrize("domain_bn", [False, True])
+def test_recalibration_makes_eval_mode_normalise_with_the_batches_statistics(domain_bn: bool) -> None:
+    """Running statistics left by training (here: of other inputs) are replaced by the average over the
+    given batches at the current weights: eval mode then computes what train mode does on that batch."""
+    torch.manual_seed(0)
+    model = build_blocks(SmallResNet(8, 2, 2), _heads({"a": 3, "b": 5}, 16), input_shape=(3, 8, 8),
+                         domain_bn=domain_bn)
+    path = FixedPath(model, model.architecture_from_indices(torch.tensor([[0, 1, 0, 0], [0, 0, 1, 0]])),
+                     multi_domain=True)
+    x = torch.randn(32, 3, 8, 8) * 2 + 1
+    xs = [x, x.flip(0)]  # the same statistics for both domains (a shared batch norm averages the domains')
+    with torch.no_grad():
+        model.train()
+        path(torch.randn(32, 3, 8, 8), torch.randn(32, 3, 8, 8))  # statistics of other inputs
+        want = path(*xs)  # train mode: each batch norm by this batch's statistics
+    weights = {k: v.clone() for k, v in model.named_parameters()}
+    model.eval()
+    assert not all(torch.allclose(path(*xs)[t], want[t], atol=1e-2) for t in want)
+    assert recalibrate_batch_norms(path, [xs] * 5, lambda batch: path(*batch), limit=3) == 3
+    assert not model.training  # put back as it was
+    got = path(*xs)
+    assert all(torch.allclose(got[t], want[t], rtol=1e-2, atol=1e-2) for t in want)
+    assert all(torch.equal(v, weights[k]) for k, v in model.named_parameters())
+    assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
 
 # --- the controllers learn ------------------------------------------------------------------------

@@ -154,28 +154,26 @@ def _distributed(run: Callable[[], int]) -> int:
             _LEFT_GROUP = True
 
 
+#: strategies with a folder of their own; every other one writes a run directory (``runs.run_search``,
+#: which looks the strategy up in :data:`automtl.app.run_kinds.RUN_KINDS`)
+SEARCH_RUNNERS = {"slimda": "automtl.app.slimda:run_slimda"}
+
+
 def _search_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .config import load_config
-    from .runs import run_search
 
     cfg = load_config(args.config)
     out = args.out or str(Path("runs") / Path(args.config).stem)
     if args.stop_after is not None and args.stop_after < 0:
         raise ValueError(f"--stop-after must be >= 0, got {args.stop_after}")
-    if cfg.strategy == "slimda":  # its own run folder: automtl.app.slimda
-        from .slimda import run_slimda
-
-        def slimda() -> int:
-            run_slimda(cfg, out, resume=args.resume, quiet=args.quiet, stop_after=args.stop_after)
-            return 0
-
-        return _distributed(slimda)
+    module, _, name = SEARCH_RUNNERS.get(cfg.strategy, "automtl.app.runs:run_search").partition(":")
+    runner = getattr(__import__(module, fromlist=[name]), name)
 
     def go() -> int:
         try:
-            run_search(cfg, out, resume=args.resume, quiet=args.quiet, stop_after=args.stop_after)
+            runner(cfg, out, resume=args.resume, quiet=args.quiet, stop_after=args.stop_after)
         except KeyboardInterrupt:
             if not (Path(out) / "automtl-run.json").is_file():
                 print(f"{PROG}: interrupted; nothing was written to {out}", file=sys.stderr)
@@ -262,6 +260,8 @@ def _report_run(args: argparse.Namespace) -> int:
           f"latency on {report.get('device', 'cpu')}, batch 1")
     for task, v in report["per_task"].items():
         print(f"  {task}: {v['params']:,} params, {v['flops']:,} FLOPs")
+    for line in report.get("summary", []):  # a strategy's own lines (MPNAS: the paths and their Jaccard matrix)
+        print(line)
     return 0
 
 
@@ -329,7 +329,7 @@ def _export_run(args: argparse.Namespace) -> int:
     import torch
 
     from ..model.derive import MultiTaskModel
-    from .export import check_onnx, export_onnx
+    from .export import check_onnx, export_onnx, input_shapes
 
     src = Path(args.run_dir)
     model_file = src / "model.pt" if src.is_dir() else src
@@ -346,12 +346,13 @@ def _export_run(args: argparse.Namespace) -> int:
         torch.save(model.state_dict(), out)
         print(f"wrote {out} (state dict, {sum(p.numel() for p in model.parameters()):,} params)")
         return 0
-    shape = args.input_shape or model.graph[model.graph.inputs[0]].shape[1:]
+    shapes, names = input_shapes(model, args.input_shape)  # one per domain for a multi-domain model
     out = Path(args.out or folder / "model.onnx")
-    proto = export_onnx(model, out, shape, dynamic_batch=True)
-    diffs = check_onnx(out, model, torch.randn(2, *shape))
+    proto = export_onnx(model, out, shapes if names else shapes[0], dynamic_batch=True, input_names=names)
+    diffs = check_onnx(out, model, [torch.randn(2, *s) for s in shapes])
     convs = sum(n.op_type == "Conv" for n in proto.graph.node)
-    print(f"wrote {out}: outputs {', '.join(model.task_names)}; {convs} Conv nodes; "
+    print(f"wrote {out}: {'inputs ' + ', '.join(names) + '; ' if names else ''}outputs {', '.join(model.task_names)}; "
+          f"{convs} Conv nodes; "
           f"onnxruntime vs PyTorch max abs diff {max(diffs.values()):.2e}")
     return 0
 

@@ -1,5 +1,8 @@
 """Export to ONNX: one model file whose outputs are named (one per task), with a dynamic batch.
 
+A multi-domain model (MPNAS: one input per domain) exports with one named input per domain
+(:func:`input_shapes` gives their shapes and names).
+
 :func:`export_onnx` writes and validates the file (``onnx.checker``); :func:`check_onnx` runs it
 with onnxruntime and compares it with PyTorch, naming the output that differs.
 """
@@ -29,6 +32,30 @@ def _example(input_shape: Shape | Sequence[Shape]) -> tuple[torch.Tensor, ...]:
         s = tuple(int(d) for d in s)  # type: ignore[union-attr]
         out.append(torch.randn(s if len(s) in (2, 4) else (1, *s)))
     return tuple(out)
+
+
+def input_shapes(model: nn.Module, given: Shape | Sequence[Shape] | None = None
+                 ) -> tuple[list[tuple[int, ...]], list[str] | None]:
+    """The ``(C, H, W)`` of each input of a derived model, and its ONNX input names.
+
+    A multi-domain model (one input per domain) has one shape per input: ``given`` is one shape
+    for all of them or one per input (default: the shapes it was compiled at), and its inputs are
+    named as in its graph (``x_<domain>``); a one-input model keeps the name ``input`` (``None``).
+    """
+    graph = getattr(model, "graph", None)
+    inputs = list(graph.inputs) if graph is not None else ["input"]
+    if given is None:
+        if graph is None:
+            raise ValueError("the model has no compiled graph: give the input shape (C,H,W)")
+        shapes = [tuple(int(d) for d in graph[i].shape[1:]) for i in inputs]
+    elif isinstance(given[0], int):
+        shapes = [tuple(int(d) for d in given)] * len(inputs)  # type: ignore[union-attr]
+    else:
+        shapes = [tuple(int(d) for d in s) for s in given]  # type: ignore[union-attr]
+        if len(shapes) != len(inputs):
+            raise ValueError(f"the model has {len(inputs)} inputs ({', '.join(inputs)}) but {len(shapes)} input "
+                             "shapes are given: give one shape for all, or one per input separated by ';'")
+    return shapes, (inputs if len(inputs) > 1 else None)
 
 
 def _as_tuple(out: Any) -> tuple[torch.Tensor, ...]:

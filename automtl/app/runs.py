@@ -27,6 +27,13 @@ that fails before its first step leaves the directory as it found it; one that f
 leaves status ``failed`` and the reason, and ``--resume`` goes on from the last checkpoint. A
 run whose search finished but whose report failed is completed by ``automtl report RUN`` (or
 ``--resume``) without searching again.
+
+Each search strategy that writes a run directory has a :class:`RunKind` in :data:`RUN_KINDS`
+(looked up by the config's ``search.strategy``): how it builds its data and model, makes or
+resumes its searcher, trains a baseline, counts the searched model's weight steps, measures
+latency and adds its own entries to the report. ``automtl`` (this module) and ``mpnas``
+(:mod:`automtl.app.mpnas_cli`) share everything else: the manifest, the lock, checkpoints,
+resume, failure states, the report and the pictures.
 """
 
 from __future__ import annotations
@@ -60,11 +67,12 @@ from .records import (
     report_table,
     write_csv,
 )
+from .run_kinds import RUN_KINDS, RunKind, run_kind
 from .rundir import CHECKPOINT, FORMAT, LOCK, META, VERSION, NotWritable, RunDir, RunError
 
-__all__ = ["CHECKPOINT", "FORMAT", "LOCK", "META", "VERSION", "MetricsWriter", "Row", "RunDir", "RunError",
-           "Searched", "complete_report", "delta_mtl", "derive_run", "flatten", "format_table", "load_report",
-           "measure_latency", "report_markdown", "report_table", "run_search"]
+__all__ = ["CHECKPOINT", "FORMAT", "LOCK", "META", "RUN_KINDS", "VERSION", "MetricsWriter", "Row", "RunDir",
+           "RunError", "RunKind", "Searched", "complete_report", "delta_mtl", "derive_run", "flatten", "format_table",
+           "load_report", "measure_latency", "report_markdown", "report_table", "run_kind", "run_search"]
 
 #: what the search leaves for the report, each recorded with its hash
 SEARCH_FILES = ("architecture.json", "model.pt", "supermodel.pt", "history.json", "result.json")
@@ -91,6 +99,28 @@ class Searched:
     processes: int
 
 
+# --- the AutoMTL search's run kind --------------------------------------------------------------------
+
+
+def _automtl_searcher(model: Any, tasks: Mapping[str, Task], data: Any, config: Any,
+                      checkpoint: str | None) -> Searcher:
+    if checkpoint is not None:
+        return Searcher.resume(checkpoint, model, tasks, data, config)
+    return Searcher(model, tasks, data, config)
+
+
+def _automtl_steps(cfg: RunConfig) -> int:
+    c = cfg.search  # warm-up, search iterations x weight steps each, fine-tuning
+    return c.warmup_steps + c.search_iterations * c.weight_steps_per_iter + c.finetune_steps
+
+
+#: the AutoMTL search; its model and baselines are looked up here when used (tests replace them)
+AUTOMTL = RunKind(
+    name="automtl", data=lambda cfg: build_dataset(cfg), model=lambda cfg, names: build_model(cfg, names),
+    searcher=_automtl_searcher, baseline=lambda cfg, tasks, data, steps: _train_baseline(cfg, tasks, data, steps),
+    steps=_automtl_steps, latency=lambda models, cfg: measure_latency(models, (1, *cfg.backbone.input_shape)))
+
+
 # --- running a search into a run directory ------------------------------------------------------------
 
 
@@ -107,6 +137,7 @@ def run_search(cfg: RunConfig, out: str | os.PathLike[str], *, resume: bool = Fa
     in process 0. A failure is one ``RunError`` line where its cause is known (NaN loss, file
     system, memory), with the run's status updated.
     """
+    kind = run_kind(cfg.strategy)
     rank, world = dist_utils.rank_and_world()
     talk = say if rank == 0 else _silent
     progress = _silent if quiet else talk
@@ -114,18 +145,18 @@ def run_search(cfg: RunConfig, out: str | os.PathLike[str], *, resume: bool = Fa
     run = RunDir(out)
     if not resume:
         _on_first_process(run.check_free, rank, world)  # refused early, nothing changed
-    tasks, data, model = build_tasks(cfg), build_dataset(cfg), build_model(cfg)
+    tasks, data, model = build_tasks(cfg), kind.data(cfg), kind.model(cfg, None)
     plan = _on_first_process(lambda: _claim(run, cfg, command, resume), rank, world)
     try:
         searched = _load_search(run, cfg, world, strict=False) if plan["searched"] else None
         if searched is None:
             searched = _search(cfg, run, model, tasks, data, plan["checkpoint"], resume, quiet, stop_after,
-                               _Voices(progress, talk, warn), rank, world)
+                               _Voices(progress, talk, warn), rank, world, kind)
             if searched is None:
                 return None
         else:
             progress(f"{run.path}: the search has finished; completing the report")
-        report = _report(cfg, run, searched, tasks, data, progress, rank, title)
+        report = _report(cfg, run, searched, tasks, data, progress, rank, title, kind)
     except BaseException as e:
         raise _failed(run, e, rank) from (None if isinstance(e, KeyboardInterrupt) else e)
     finally:
@@ -164,17 +195,15 @@ class _Voices:
 
 def _search(cfg: RunConfig, run: RunDir, model: Any, tasks: Mapping[str, Task], data: Any, checkpoint: str | None,
             resume: bool, quiet: bool, stop_after: int | None, voices: _Voices, rank: int,
-            world: int) -> Searched | None:
+            world: int, kind: RunKind = AUTOMTL) -> Searched | None:
     """Warm-up, search, derive and fine-tune (from ``checkpoint`` when given); save what the report needs."""
     progress, talk, warn = voices.progress, voices.talk, voices.warn
     search_cfg = replace(cfg.search, quiet=quiet or rank != 0)
+    if checkpoint is None and resume:
+        warn(f"{run.path}: no checkpoint was saved before it stopped; the search starts again from step 0")
+    searcher = kind.searcher(model, tasks, data, search_cfg, checkpoint)
     if checkpoint is not None:
-        searcher = Searcher.resume(checkpoint, model, tasks, data, search_cfg)
         progress(f"resuming {run.path} after {searcher.steps_done()} steps")
-    else:
-        if resume:
-            warn(f"{run.path}: no checkpoint was saved before it stopped; the search starts again from step 0")
-        searcher = Searcher(model, tasks, data, search_cfg)
     _guard_checkpoints(searcher, run, rank)
     run.start_changes = {"searched": None}  # a search run again makes its files again
     writer = None
@@ -203,15 +232,16 @@ def _search(cfg: RunConfig, run: RunDir, model: Any, tasks: Mapping[str, Task], 
         run.mark_started()
         run.put("architecture.json", result.architecture.save, lambda p: Architecture.load(p))
         run.put("model.pt", result.model.save, MultiTaskModel.load)
-        run.put_torch("supermodel.pt", searcher.model.state_dict())
+        run.put_torch("supermodel.pt", kind.state(searcher))
         run.put_text("history.json", json.dumps(searcher.history) + "\n")
-        run.put_text("result.json", json.dumps({"metrics": result.metrics, "losses": result.losses,
-                                                "device": searched.device, "processes": searched.processes}) + "\n")
+        run.put_text("result.json", json.dumps({**kind.results(result), "metrics": result.metrics,
+                                                "losses": result.losses, "device": searched.device,
+                                                "processes": searched.processes}) + "\n")
         run.write_meta(searched=True, steps=searcher.steps_done())
     return searched
 
 
-def _guard_checkpoints(searcher: Searcher, run: RunDir, rank: int) -> None:
+def _guard_checkpoints(searcher: Any, run: RunDir, rank: int) -> None:
     """Route the searcher's checkpoints through :meth:`RunDir.save_checkpoint` (process 0 writes):
     its own saving writes beside the current checkpoint, which is replaced once the new one reads back."""
     save = searcher.save_checkpoint
@@ -282,7 +312,7 @@ def _on_first_process(action: Callable[[], Any], rank: int, world: int) -> Any:
 
 
 def _report(cfg: RunConfig, run: RunDir, searched: Searched, tasks: Mapping[str, Task], data: Any, note: Any,
-            rank: int, title: str) -> dict[str, Any]:
+            rank: int, title: str, kind: RunKind = AUTOMTL) -> dict[str, Any]:
     """Train the baselines (each kept in the manifest once trained), measure, draw, write the report."""
     if rank == 0:
         run.mark_started()
@@ -291,8 +321,7 @@ def _report(cfg: RunConfig, run: RunDir, searched: Searched, tasks: Mapping[str,
     shape = (1, *cfg.backbone.input_shape)
     rows: list[Row] = []
     trained = dict(run.meta().get("baselines", {}))
-    c = cfg.search  # every baseline trains for as many weight steps as the searched model took
-    steps = c.warmup_steps + c.search_iterations * c.weight_steps_per_iter + c.finetune_steps
+    steps = kind.steps(cfg)  # every baseline trains for as many weight steps as the searched model took
     for baseline in cfg.baselines:
         if baseline in trained:
             rows.append(Row(**trained[baseline]))
@@ -301,18 +330,18 @@ def _report(cfg: RunConfig, run: RunDir, searched: Searched, tasks: Mapping[str,
         groups = [[t] for t in names] if baseline == "independent" else [names]
         models, metrics = [], {}
         for group in groups:
-            m, ev = _train_baseline(cfg, {t: tasks[t] for t in group}, data, steps)
+            m, ev = kind.baseline(cfg, {t: tasks[t] for t in group}, data, steps)
             models.append(m)
             metrics.update({t: ev[t][primary[t]] for t in group})
         totals = [m.report()["total"] for m in models]
         rows.append(Row(baseline, metrics, sum(t["params"] for t in totals), sum(t["flops"] for t in totals),
-                        measure_latency(models, shape)))
+                        kind.latency(models, cfg)))
         trained[baseline] = asdict(rows[-1])
         if rank == 0:
             run.write_meta(baselines=trained)
     rep = searched.model.report()
     rows.append(Row("searched", {t: searched.metrics[t][primary[t]] for t in names}, rep["total"]["params"],
-                    rep["total"]["flops"], measure_latency([searched.model], shape)))
+                    rep["total"]["flops"], kind.latency([searched.model], cfg)))
     deltas = ({r.name: delta_mtl(r, rows[0], tasks) for r in rows} if len(rows) > 1 else None)
     pictures: dict[str, str] = {}
     if rank == 0:
@@ -329,10 +358,13 @@ def _report(cfg: RunConfig, run: RunDir, searched: Searched, tasks: Mapping[str,
         "trivial": arch.trivial(), "baseline_steps": steps, "params_ratio": rep["params_ratio"],
         "flops_ratio": rep["flops_ratio"], "per_task": rep["per_task"], "pictures": pictures,
         "device": searched.device, "processes": searched.processes, "amp": cfg.search.amp,
+        "strategy": kind.name,
     }
+    report.update(kind.extra(report, searched, cfg))
     if rank == 0:
         run.put_text("report.json", json.dumps(report, indent=1) + "\n")
-        run.put_text("report.md", report_markdown(report, title))
+        markdown = report_markdown(report, title)
+        run.put_text("report.md", "\n".join([markdown.rstrip("\n"), *kind.markdown(report)]) + "\n")
         run.write_meta(status="done", error=None, pid=None)
     return report
 
@@ -376,6 +408,7 @@ def complete_report(path: str | os.PathLike[str], title: str = "automtl search",
     run.acquire()
     try:
         cfg = run.config()
+        kind = run_kind(cfg.strategy)
         searched = _load_search(run, cfg, 1, strict=True)
         assert searched is not None
         note(f"{run.path}: completing the report from the finished search (baselines, latency, pictures)")
@@ -383,7 +416,7 @@ def complete_report(path: str | os.PathLike[str], title: str = "automtl search",
             note(f"{run / 'metrics.jsonl'}: missing; its records are lost (history.json holds them)")
         elif not (run / "metrics.csv").is_file():
             write_csv(run / "metrics.jsonl", run / "metrics.csv")
-        report = _report(cfg, run, searched, build_tasks(cfg), build_dataset(cfg), _silent, 0, title)
+        report = _report(cfg, run, searched, build_tasks(cfg), kind.data(cfg), _silent, 0, title, kind)
     except BaseException as e:
         if isinstance(e, RunError):
             raise
@@ -418,6 +451,9 @@ def load_history(run: RunDir) -> dict[str, list[dict[str, Any]]] | None:
 def searcher_for(run: RunDir, quiet: bool = True) -> Searcher:
     """A searcher over the run's data holding its searched supermodel (weights and logits)."""
     cfg = run.config()
+    if cfg.strategy != "automtl":
+        raise RunError(f"{run.path}: a {cfg.strategy} run; `automtl derive` re-derives an automtl search's policy "
+                       f"(this run's architecture is {run / 'architecture.json'}, its model {run / 'model.pt'})")
     weights = run.require("supermodel.pt", "the search has not finished (`automtl search CONFIG --out RUN --resume`)")
     model = build_model(cfg)
     searcher = Searcher(model, build_tasks(cfg), build_dataset(cfg), replace(cfg.search, quiet=quiet))

@@ -29,7 +29,10 @@ search MPNAS extends:
 * the derived architecture is trained from scratch on all domains with ``final_weighting`` (ABDP
   by default) by a :class:`~automtl.search.trainer.Trainer`: the supermodel, re-initialised, at
   the fixed paths (a shared block runs once on its domains' stacked batches, so its batch norms
-  see the same mixture in training and evaluation), then derived.
+  see the same mixture in training and evaluation); its batch norms' running statistics are then
+  recomputed at the trained weights over ``recalibrate_batches`` training batches
+  (:func:`~automtl.search.paths.recalibrate_batch_norms`: at a constant learning rate they trail
+  the weights), and it is derived.
 
 Checkpoints hold the weights, both optimisers, the controllers, the baseline, the streams and the
 step counter, so ``MPNASSearcher.resume(path, ...).run()`` continues bit for bit.
@@ -55,7 +58,17 @@ from ..model.supermodel import SuperModel
 from ..train.tasks import Task
 from . import distributed as dist_utils
 from .loop import Loop, Stage, TrainConfig, epoch_end, tick
-from .paths import REWARDS, FixedPath, PathCost, block_paths, jaccard, reinitialise, reward, sharing
+from .paths import (
+    REWARDS,
+    FixedPath,
+    PathCost,
+    block_paths,
+    jaccard,
+    recalibrate_batch_norms,
+    reinitialise,
+    reward,
+    sharing,
+)
 from .streams import Chain, Stream, split_batch
 from .trainer import Trainer, evaluate
 
@@ -80,10 +93,12 @@ class MPNASConfig(TrainConfig):
     final_weighting: str = "abdp"
     final_weighting_kwargs: dict[str, Any] = field(default_factory=dict)
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)  # weights, controller, val
+    domain_bn: bool = True  # a config's model: each domain its own batch norms in shared blocks ('domain_block')
+    recalibrate_batches: int = 20  # batch-norm statistics recomputed at the trained weights (0: as trained)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("search_steps", "train_steps"):
+        for name in ("search_steps", "train_steps", "recalibrate_batches"):
             v = getattr(self, name)
             self._check(name, not isinstance(v, bool) and isinstance(v, int) and v >= 0, "an int >= 0")
         self._check("warmup_fraction", _num(self.warmup_fraction) and 0 <= self.warmup_fraction <= 1,
@@ -122,6 +137,13 @@ class MPNASResult:
     metrics: dict[str, dict[str, float]]
     losses: dict[str, float]
     config: MPNASConfig
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON-able results: paths, sharing, Jaccard, params and FLOPs against one backbone per domain."""
+        rep = self.report
+        return {"paths": self.paths, "sharing": self.sharing, "jaccard": self.jaccard,
+                "params": rep["total"]["params"], "flops": rep["total"]["flops"],
+                "params_ratio": rep["params_ratio"], "flops_ratio": rep["flops_ratio"]}
 
 
 def batch_quality(task: Task, out: torch.Tensor, target: Any) -> float:
@@ -297,12 +319,23 @@ class MPNASSearcher(Loop):
         weighting = c.final_weighting if weighting is None else weighting
         kwargs = dict(c.final_weighting_kwargs) if weighting == c.final_weighting else {}
         model = reinitialise(copy.deepcopy(self.model), c.seed + 1).to(self.device)
-        path = FixedPath(model, architecture)
+        path = FixedPath(model, architecture, multi_domain=self.multi_domain)
         cfg = replace(c, weighting=weighting, weighting_kwargs=kwargs)
         trainer = Trainer(path, self.tasks, (self._train_source(), self.data["val"]), cfg,
                           lr=c.train_lr or c.weight_lr, stage="train", val_loader=self.loaders["val"], seed_rng=False)
         trainer.history, trainer.sinks = self.history, self.sinks
         trainer.train(steps)
+        if c.recalibrate_batches and steps:
+            names = self.names
+            source = self.loader(self._train_source(), "recalibrate", c.batch_size, True, 5)
+
+            def forward(batch: Any) -> None:
+                x, _ = split_batch(batch, names, True, self.device)
+                path(*[x[t] for t in names]) if isinstance(x, Mapping) else path(x)
+
+            recalibrate_batch_norms(path, source, forward, c.recalibrate_batches)
+            if self.world > 1:  # every process keeps process 0's statistics, as after a training step
+                dist_utils.broadcast_buffers(model)
         return derive(model.eval(), architecture, multi_domain=self.multi_domain).eval()
 
     def _train_source(self) -> Any:

@@ -9,12 +9,14 @@ Used by the MPNAS strategy (:mod:`automtl.search.mpnas`):
 * :func:`reward`: TuNAS's absolute reward ``r = Q + β·|C/C₀ − 1|`` or MnasNet's ``r = Q·(C/C₀)^β``;
 * :func:`block_paths`, :func:`sharing`, :func:`jaccard`: which blocks each domain's path
   uses, which are shared (several domains), specific (one) or dropped (none), and the Jaccard
-  similarity ``|Pa ∩ Pb| / |Pa ∪ Pb|`` of the domains' block sets.
+  similarity ``|Pa ∩ Pb| / |Pa ∪ Pb|`` of the domains' block sets;
+* :class:`FixedPath`, :func:`reinitialise`, :func:`recalibrate_batch_norms`: training a picked
+  architecture from scratch, and its batch norms' statistics recomputed at the trained weights.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -26,7 +28,8 @@ from ..model.choices import get_choice_kind
 from ..model.derive import _add_head
 from ..model.supermodel import SuperModel
 
-__all__ = ["REWARDS", "PathCost", "block_paths", "jaccard", "reward", "sharing"]
+__all__ = ["REWARDS", "FixedPath", "PathCost", "block_paths", "jaccard", "recalibrate_batch_norms", "reinitialise",
+           "reward", "sharing"]
 
 REWARDS = ("absolute", "mnas")
 
@@ -151,14 +154,15 @@ class FixedPath(torch.nn.Module):
     of the trained supermodel is then exactly the trained model, one operator per picked block.
     """
 
-    def __init__(self, model: SuperModel, architecture: Architecture) -> None:
+    def __init__(self, model: SuperModel, architecture: Architecture, multi_domain: bool = False) -> None:
         super().__init__()
         self.model = model
         self.task_names = list(model.task_names)
+        self.multi_domain = multi_domain  # one input per domain, even for one domain
         self.register_buffer("gates", model.policy.one_hot(model.architecture_tensor(architecture)), persistent=False)
 
     def forward(self, *xs: torch.Tensor) -> dict[str, torch.Tensor]:
-        if len(xs) == 1:
+        if len(xs) == 1 and not self.multi_domain:
             return self.model(xs[0], gates=self.gates)
         return self.model(dict(zip(self.task_names, xs, strict=True)), gates=self.gates)
 
@@ -177,3 +181,39 @@ def reinitialise(module: torch.nn.Module, seed: int) -> torch.nn.Module:
                 for name, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]:
                     t.fill_(1.0 if name.endswith(("weight", "running_var")) else 0.0)
     return module
+
+
+@torch.no_grad()
+def recalibrate_batch_norms(model: torch.nn.Module, batches: Iterable[Any], forward: Callable[[Any], Any],
+                            limit: int) -> int:
+    """Recompute every batch norm's running statistics at ``model``'s current weights; returns the batches used.
+
+    Training from scratch at a constant learning rate leaves running statistics that trail the
+    weights (an exponential average, momentum 0.1, of statistics of weights that kept moving): in
+    eval mode the model then normalises with statistics of earlier weights. This runs ``forward``
+    on up to ``limit`` of ``batches`` in train mode without gradients, each batch norm's momentum
+    set to ``1 / (i + 1)`` for the ``i``-th batch, so its running mean and variance become the plain
+    average over those batches (as one-shot NAS does for a picked sub-network: SPOS, OFA). The
+    weights do not change; the momenta and every module's training mode are put back.
+    """
+    from ..model.mixing import TaskBatchNorm
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm | TaskBatchNorm)]
+    saved = [m.momentum for m in norms]
+    modes = [(m, m.training) for m in model.modules()]
+    model.train()
+    used = 0
+    try:
+        for batch in batches:
+            if used >= limit:
+                break
+            for m in norms:
+                m.momentum = 1.0 / (used + 1)
+            forward(batch)
+            used += 1
+    finally:
+        for m, momentum in zip(norms, saved, strict=True):
+            m.momentum = momentum
+        for m, mode in modes:
+            m.training = mode
+    return used
