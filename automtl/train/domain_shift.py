@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-__all__ = ["FONTS", "FontDigits", "HandDigits", "domain_shift_digits"]
+__all__ = ["FONTS", "SHAPES", "FontDigits", "HandDigits", "ShapeScenes", "domain_shift_digits", "domain_shift_shapes",
+           "render_shapes"]
 
 TASK = "digit"
 FONTS = (
@@ -145,3 +146,90 @@ def domain_shift_digits(n_source: int = 2000, seed: int = 0, size: int = 8,
     unused), and the held-out handwritten digits for the final evaluation."""
     return (FontDigits(n_source, seed, size, channels), HandDigits("adapt", size, channels),
             HandDigits("test", size, channels))
+
+
+# --- a second pair: plain grey shapes (source) -> coloured shapes on striped backgrounds (target) -------
+SHAPES = ("disc", "square", "triangle", "cross", "ring", "bar")
+SHAPE_TASK = "shape"
+
+
+def _shape_masks(labels: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    """``(n, size, size)`` soft masks of the shapes ``labels`` index in :data:`SHAPES`, each randomly scaled,
+    rotated and shifted."""
+    n = len(labels)
+    axis = torch.linspace(-1, 1, size)
+    yy, xx = torch.meshgrid(axis, axis, indexing="ij")
+    angle = torch.rand(n, generator=gen) * 2 * torch.pi
+    scale = 0.45 + 0.3 * torch.rand(n, generator=gen)
+    shift = (torch.rand(n, 2, generator=gen) - 0.5) * 0.5
+    c, s = torch.cos(angle)[:, None, None], torch.sin(angle)[:, None, None]
+    x0, y0 = xx[None] - shift[:, 0, None, None], yy[None] - shift[:, 1, None, None]
+    u = (c * x0 + s * y0) / scale[:, None, None]
+    v = (-s * x0 + c * y0) / scale[:, None, None]
+    r = torch.sqrt(u**2 + v**2)
+    sharp = size / 2.0  # a soft edge about one pixel wide
+    inside = torch.stack([
+        1 - r,                                                   # disc
+        1 - torch.maximum(u.abs(), v.abs()) / 0.8,               # square
+        torch.minimum(v + 0.5, torch.minimum(0.9 - v - 1.6 * u, 0.9 - v + 1.6 * u)) / 0.7,  # triangle
+        torch.minimum(torch.maximum(0.3 - u.abs(), 0.3 - v.abs()), 1 - torch.maximum(u.abs(), v.abs())),  # cross
+        0.25 - (r - 0.7).abs(),                                  # ring
+        1 - torch.maximum(u.abs() / 0.9, v.abs() / 0.3),        # bar
+    ])  # (shapes, n, size, size): > 0 inside
+    pick = inside[labels, torch.arange(n)]
+    return torch.sigmoid(sharp * pick)
+
+
+def render_shapes(n: int, seed: int, domain: str, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` shape images ``(n, 3, size, size)`` in [0, 1] and their labels (balanced, shuffled by ``seed``).
+
+    ``source``: a light grey shape on a dark grey background with a little noise. ``target``: the shape in a
+    random saturated colour on a background of another random colour with sinusoidal stripes of random
+    frequency and orientation, more noise: a colour and texture shift."""
+    if domain not in ("source", "target"):
+        raise ValueError(f"render_shapes: domain must be 'source' or 'target', got {domain!r}")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"render_shapes: n must be an int >= 1, got {n!r}")
+    gen = torch.Generator().manual_seed(seed * 2 + (domain == "target"))
+    labels = torch.arange(n) % len(SHAPES)
+    labels = labels[torch.randperm(n, generator=gen)]
+    mask = _shape_masks(labels, size, gen)[:, None]
+    if domain == "source":
+        fg = (0.75 + 0.2 * torch.rand(n, 1, 1, 1, generator=gen)).expand(n, 3, 1, 1)
+        bg = (0.1 + 0.15 * torch.rand(n, 1, 1, 1, generator=gen)).expand(n, 3, 1, 1)
+        noise = 0.03
+    else:
+        fg = torch.rand(n, 3, 1, 1, generator=gen)
+        bg = torch.rand(n, 3, 1, 1, generator=gen)
+        axis = torch.linspace(-1, 1, size)
+        yy, xx = torch.meshgrid(axis, axis, indexing="ij")
+        theta = torch.rand(n, 1, 1, generator=gen) * torch.pi
+        freq = 2 + 4 * torch.rand(n, 1, 1, generator=gen)
+        stripes = 0.5 + 0.5 * torch.sin(freq * torch.pi * (torch.cos(theta) * xx + torch.sin(theta) * yy))
+        bg = bg * (0.6 + 0.4 * stripes[:, None])
+        noise = 0.08
+    x = mask * fg + (1 - mask) * bg + noise * torch.randn(n, 3, size, size, generator=gen)
+    return x.clamp(0, 1), labels
+
+
+class ShapeScenes(Dataset):
+    """Generated shape images of one domain (``source`` or ``target``), items ``(x, {"shape": y})``."""
+
+    NUM_CLASSES = len(SHAPES)
+
+    def __init__(self, n: int = 2000, seed: int = 0, domain: str = "source", size: int = 16) -> None:
+        self.x, self.y = render_shapes(n, seed, domain, size)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.x[i], {SHAPE_TASK: self.y[i]}
+
+
+def domain_shift_shapes(n_source: int = 3000, seed: int = 0, n_target: int = 2000, n_test: int = 4000,
+                        size: int = 16) -> tuple[ShapeScenes, ShapeScenes, ShapeScenes]:
+    """``(source, target, test)``: grey shapes (labelled), coloured striped shapes to adapt to (labels unused)
+    and held-out target shapes for the final evaluation (a large set: accuracy measured to about 1 point)."""
+    return (ShapeScenes(n_source, seed, "source", size), ShapeScenes(n_target, 10_000 + seed, "target", size),
+            ShapeScenes(n_test, 20_000 + seed, "target", size))
