@@ -1,6 +1,6 @@
 """MPNAS against its baselines on the built-in multi-domain suite, at an equal training budget.
 
-    python benchmarks/mpnas_quality.py --quick                 # the quick table: 3 seeds, under 15 min on 2 cores
+    python benchmarks/mpnas_quality.py --quick                 # the quick table: 3 seeds, under 10 min on 1 core
     python benchmarks/mpnas_quality.py --quick --seeds 1 --smoke   # a minute: the script runs end to end
     python benchmarks/mpnas_quality.py                         # the larger table (32x32, more steps)
 
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shared-bn", action="store_true",
                     help="shared blocks share their batch norms too (default: each domain its own, 'domain_block')")
     ap.add_argument("--steps", type=int, default=None, help="training steps of every final model (default 300 / 1200)")
-    ap.add_argument("--search-steps", type=int, default=None, help="steps of each search (default 300 / 1000)")
+    ap.add_argument("--search-steps", type=int, default=None, help="steps of each search (default 900 / 1500)")
     ap.add_argument("--recalibrate", type=int, default=20, metavar="N",
                     help="batch-norm statistics recomputed over N training batches after training (0: as trained)")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown here (default: print)")
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     args.domain_bn = not args.shared_bn
     size, n_train, n_val = (16, 400, 200) if args.quick else (32, 800, 300)
     args.width = 8 if args.quick else 16
-    steps, search_steps = (300, 300) if args.quick else (1200, 1000)
+    steps, search_steps = (300, 900) if args.quick else (1200, 1500)
     args.steps = steps if args.steps is None else args.steps
     args.search_steps = search_steps if args.search_steps is None else args.search_steps
     if args.smoke:

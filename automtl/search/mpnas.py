@@ -79,7 +79,9 @@ __all__ = ["MPNASConfig", "MPNASResult", "MPNASSearcher", "batch_quality", "mpna
 class MPNASConfig(TrainConfig):
     """MPNAS's options (TuNAS's defaults where it gives one) on top of :class:`TrainConfig`."""
 
-    search_steps: int = 300  # steps of (one weight step, one controller step)
+    # steps of (one weight step, one controller step); the warm-up must teach the supernet every domain
+    # before the controllers learn (else a domain's reward is its cost only): the suite needs ~200 steps
+    search_steps: int = 900
     warmup_fraction: float = 0.25  # TuNAS op warm-up: the first 25% of the search
     policy_lr: float = 0.05  # Adam on the controllers' logits
     baseline_momentum: float = 0.95
