@@ -116,6 +116,34 @@ def test_a_failure_after_the_search_started_leaves_status_failed_and_resume_comp
     assert _meta(run)["status"] == "done" and (run / "model.pt").is_file() and (run / "report.md").is_file()
 
 
+def test_a_report_that_failed_is_completed_by_automtl_report_without_searching_again(
+        tmp_path: Path, capsys, monkeypatch) -> None:
+    from automtl.app import pictures
+    from automtl.search.mpnas import MPNASSearcher
+
+    config, run = _config(tmp_path), tmp_path / "run"
+    config.write_text(CONFIG.replace("baselines: [independent, all-shared]", "baselines: [all-shared]"))
+    real = pictures.render_all
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pictures, "render_all", disk_full)
+    assert main(["search", str(config), "--out", str(run), "--quiet"]) == 2
+    assert "automtl report" in capsys.readouterr().err
+    assert _meta(run)["status"] == "failed" and _meta(run)["searched"] is True and not (run / "report.json").exists()
+
+    def never(*args, **kwargs):
+        raise AssertionError("the search ran again")
+
+    monkeypatch.setattr(pictures, "render_all", real)
+    monkeypatch.setattr(MPNASSearcher, "run", never)
+    assert main(["report", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "| all-shared |" in out and "| searched |" in out and "paths over layer1.0, layer1.1" in out
+    assert _meta(run)["status"] == "done" and (run / "pictures" / "paths.png").is_file()
+
+
 def test_a_config_without_the_domains_data_is_one_error_line_and_writes_nothing(tmp_path: Path, capsys) -> None:
     config, run = _config(tmp_path), tmp_path / "run"
     config.write_text(CONFIG.replace("data: {factory: 'automtl.train.domains:suite_splits', size: 16, n_train: 24, "
