@@ -148,7 +148,7 @@ def domain_shift_digits(n_source: int = 2000, seed: int = 0, size: int = 8,
             HandDigits("test", size, channels))
 
 
-# --- a second pair: plain grey shapes (source) -> coloured shapes on striped backgrounds (target) -------
+# --- a second pair: plain grey shapes (source) -> coloured shapes on striped backgrounds (target) ----------
 SHAPES = ("disc", "square", "triangle", "cross", "ring", "bar")
 SHAPE_TASK = "shape"
 
@@ -184,8 +184,8 @@ def render_shapes(n: int, seed: int, domain: str, size: int = 16) -> tuple[torch
     """``n`` shape images ``(n, 3, size, size)`` in [0, 1] and their labels (balanced, shuffled by ``seed``).
 
     ``source``: a light grey shape on a dark grey background with a little noise. ``target``: the shape in a
-    random saturated colour on a background of another random colour with sinusoidal stripes of random
-    frequency and orientation, more noise: a colour and texture shift."""
+    random light colour on a random dark colour with sinusoidal stripes of random frequency and orientation,
+    more noise: a colour and texture shift (the shape stays lighter than its background)."""
     if domain not in ("source", "target"):
         raise ValueError(f"render_shapes: domain must be 'source' or 'target', got {domain!r}")
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
@@ -198,9 +198,9 @@ def render_shapes(n: int, seed: int, domain: str, size: int = 16) -> tuple[torch
         fg = (0.75 + 0.2 * torch.rand(n, 1, 1, 1, generator=gen)).expand(n, 3, 1, 1)
         bg = (0.1 + 0.15 * torch.rand(n, 1, 1, 1, generator=gen)).expand(n, 3, 1, 1)
         noise = 0.03
-    else:
-        fg = torch.rand(n, 3, 1, 1, generator=gen)
-        bg = torch.rand(n, 3, 1, 1, generator=gen)
+    else:  # light colours on dark colours (the source's contrast polarity), striped
+        fg = 0.5 + 0.5 * torch.rand(n, 3, 1, 1, generator=gen)
+        bg = 0.4 * torch.rand(n, 3, 1, 1, generator=gen)
         axis = torch.linspace(-1, 1, size)
         yy, xx = torch.meshgrid(axis, axis, indexing="ij")
         theta = torch.rand(n, 1, 1, generator=gen) * torch.pi
