@@ -84,6 +84,7 @@ def codegen(
     gm = fx.GraphModule(root, g, class_name=class_name)
     # IR node name -> submodule attribute, so callers never re-derive codegen's naming
     gm.meta["modules"] = {n.name: v.target for n, v in ((graph[k], values[k]) for k in values) if v.op == "call_module"}
+    gm.meta["nodes"] = {k: v.name for k, v in values.items()}  # IR node name -> fx node name
     return gm
 
 

@@ -74,7 +74,7 @@ def mixed_op(x: torch.Tensor, node: Any, m: MixedOp, g: torch.Tensor, t: int) ->
     if m.skip == "identity":
         y = y + g[2] * x
     elif m.skip == "projection":
-        p = m.projection[t]
+        p = m.projection[t if m.projection.shape[0] > 1 else 0]
         if conv:
             skip = F.conv2d(x, p.view(*p.shape, 1, 1), None, _pair(a["stride"]), 0, 1, a["groups"])
         else:

@@ -148,7 +148,7 @@ class Branches(ChoiceKind):
         if option.name == "skip":
             if a["skip"] == "identity":
                 return None
-            w = m.projection[task].detach()
+            w = m.projection[task if m.projection.shape[0] > 1 else 0].detach()  # one copy until filled
             if kind == "conv2d":
                 base.update(kernel_size=(1, 1), padding=(0, 0), dilation=(1, 1), bias=False)
                 w = w.reshape(*w.shape, 1, 1)

@@ -48,8 +48,9 @@ class MixedOp(nn.Module):
             has_bias = a["bias"]
             self.groups = 1
         self.weight_shape = shape
-        # Big tensors are allocated, not initialised: `materialize` fills them on first use,
-        # and the specific copies exist only once `fill_specific` is called after warm-up.
+        # Big tensors are allocated, not initialised: `materialize` fills them on first use, and the
+        # per-task copies (specific weights, skip projections) exist only once `fill_specific` is
+        # called: until then every task reads one shared copy.
         src = node.tensors
         self.weight = nn.Parameter(src["weight"].detach() if "weight" in src else torch.empty(shape))
         self.bias = None
@@ -59,7 +60,7 @@ class MixedOp(nn.Module):
         self.specific_bias = nn.Parameter(torch.empty(0)) if has_bias else None
         self.projection = None
         if self.skip == "projection":
-            self.projection = _empty_like_param((self.tasks, shape[0], shape[1]))
+            self.projection = _empty_like_param((1, shape[0], shape[1]))  # (T, ...) once filled
         if self.skip == "identity":
             # flat positions of the identity's ones: W[o, o % (in/groups), centre]; no dense delta is stored
             inner = math.prod(shape[2:])
@@ -95,16 +96,18 @@ class MixedOp(nn.Module):
 
     @torch.no_grad()
     def fill_specific(self) -> None:
-        """Give every task its own copy of the shared weight (the end of warm-up)."""
+        """Give every task its own copy of the shared weight and skip projection."""
         self.materialize()
         T = self.tasks
+        if self.projection is not None and self.projection.shape[0] == 1:
+            self.projection.data = self.projection.detach().repeat(T, 1, 1)
         self.specific_weight.data = self.weight.detach().unsqueeze(0).repeat(T, *([1] * self.weight.dim()))
         if self.bias is not None:
             self.specific_bias.data = self.bias.detach().unsqueeze(0).repeat(T, 1)
         self.filled.fill_(True)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        for name in ("specific_weight", "specific_bias"):
+        for name in ("specific_weight", "specific_bias", "projection"):
             value = state_dict.get(prefix + name)
             param = getattr(self, name)
             if value is not None and param is not None and value.shape != param.shape:
@@ -114,13 +117,14 @@ class MixedOp(nn.Module):
 
     # --- weights --------------------------------------------------------------------------------
     def projection_kernel(self) -> torch.Tensor:
-        """The projection skip as a (T, numel) kernel: the 1x1 projection at the kernel centre."""
+        """The projection skip as a (T, numel) kernel (1 row before ``fill_specific``): the 1x1 projection
+        at the kernel centre."""
         assert self.projection is not None
         p = self.projection
         if self.kind == "conv2d":
             kh, kw = self.weight_shape[2:]
             p = F.pad(p.unsqueeze(-1).unsqueeze(-1), ((kw - 1) // 2, (kw - 1) // 2, (kh - 1) // 2, (kh - 1) // 2))
-        return p.reshape(self.tasks, -1)
+        return p.reshape(p.shape[0], -1)
 
     def mixed(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-task weight ``(T, *W.shape)`` and bias ``(T, out)`` for branch weights ``g (T, B)``."""

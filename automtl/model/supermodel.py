@@ -21,6 +21,8 @@ from ..compiler.ir import Graph
 from ..compiler.mtl import MTLOptions, rewrite
 from ..compiler.passes import cut
 from .architecture import Architecture, digest
+from .checks import check_heads as check_heads_fit
+from .checks import check_untyped
 from .choices import choose, get_choice_kind
 from .mixing import BATCHING, MixedOp, TaskBatchNorm
 from .policies import GumbelPolicy, make_policy
@@ -278,7 +280,7 @@ def build(
     """
     from ..api import compile as compile_backbone
 
-    names = _check_tasks(tasks)
+    _check_tasks(tasks)
     get_choice_kind(choice)  # an unknown kind fails here, with the registered names
     options = MTLOptions(tuple(searchable), bn, skip, choice)
     graph = backbone if isinstance(backbone, Graph) else compile_backbone(backbone, input_shape, **compile_options)
@@ -286,7 +288,8 @@ def build(
         graph = cut(graph.copy(), _resolve(graph, trunk_output))
     model = SuperModel(graph, tasks, options, batching)
     if check_heads:
-        _check_heads(model, names)
+        check_heads_fit(model)
+    check_untyped(model)
     return model
 
 
@@ -296,26 +299,3 @@ def _resolve(graph: Graph, name: str) -> str:
         return name
     inside = [n.name for n in graph if n.name.startswith(name + ".")]
     return inside[-1] if inside else name
-
-
-def _check_heads(model: SuperModel, names: list[str]) -> None:
-    """Run every head once on a dummy trunk output and name the one that does not fit."""
-    shape = model.graph[model.graph.outputs[0]].shape
-    dummy = torch.zeros((2, *shape[1:]))
-    for name in names:
-        head = model.heads[name]
-        was = head.training
-        head.eval()
-        try:
-            with torch.no_grad():
-                out = head(dummy)
-        except Exception as exc:  # noqa: BLE001 - any failure means the head does not fit
-            raise ValueError(
-                f"the head of task {name!r} does not accept the trunk output of shape {list(shape)} "
-                f"(batch shown as 2): {type(exc).__name__}: {exc}"
-            ) from None
-        finally:
-            head.train(was)
-        if not isinstance(out, torch.Tensor):
-            raise ValueError(f"the head of task {name!r} returns a {type(out).__name__}, not a tensor: a head gives "
-                             "one output per task (wrap it to return the tensor the task's loss reads)")
