@@ -63,6 +63,7 @@ def codegen(
     g = fx.Graph()
     values: dict[str, fx.Node] = {}
     taken: set[str] = set()
+    reuse = _reusable(graph)
     for node in graph:
         ins = [values[i] for i in node.inputs]
         kind = get(node.kind)
@@ -78,6 +79,8 @@ def codegen(
             values[node.name] = g.create_node("call_module", attr, args, {}, name=attr)
         else:
             fn, args, kwargs = kind.emit(node, ins)
+            if node.name in reuse:
+                kwargs = {**kwargs, "inplace": True}
             values[node.name] = g.create_node("call_function", fn, args, kwargs, name=ident)
     outs = [values[o] for o in graph.outputs]
     g.output(outs[0] if len(outs) == 1 else tuple(outs))
@@ -86,6 +89,20 @@ def codegen(
     gm.meta["modules"] = {n.name: v.target for n, v in ((graph[k], values[k]) for k in values) if v.op == "call_module"}
     gm.meta["nodes"] = {k: v.name for k, v in values.items()}  # IR node name -> fx node name
     return gm
+
+
+def _reusable(graph: Graph) -> set[str]:
+    """Nodes that may overwrite their input: an ``inplace`` kind reading the only use of a fresh value."""
+    uses: dict[str, int] = {}
+    for node in graph:
+        for i in node.inputs:
+            uses[i] = uses.get(i, 0) + 1
+    keep = set(graph.outputs)
+    return {
+        node.name for node in graph
+        if get(node.kind).inplace and len(node.inputs) == 1 and uses[node.inputs[0]] == 1
+        and node.inputs[0] not in keep and get(graph[node.inputs[0]].kind).fresh_output
+    }
 
 
 def node_modules(gm: fx.GraphModule) -> dict[str, nn.Module]:

@@ -10,9 +10,10 @@ from .base import OpKind, _same, _unary, numel, register
 
 # --- activations -------------------------------------------------------------------------------
 
-_unary("relu", F.relu)
-_unary("relu6", F.relu6)
-_unary("leaky_relu", F.leaky_relu, lambda n: {"negative_slope": n.attrs["negative_slope"]})
+# in place where codegen may (their in-place backward reads their output, never their input)
+_unary("relu", F.relu, inplace=True)
+_unary("relu6", F.relu6, inplace=True)
+_unary("leaky_relu", F.leaky_relu, lambda n: {"negative_slope": n.attrs["negative_slope"]}, inplace=True)
 _unary("clip", torch.clamp, lambda n: {"min": n.attrs.get("min"), "max": n.attrs.get("max")})
 _unary("sigmoid", torch.sigmoid)
 _unary("tanh", torch.tanh)

@@ -53,6 +53,11 @@ class OpKind:
     call: Callable[[Node, list[Any]], tuple[Callable[..., Any], tuple[Any, ...]]] | None = None
     module_args: Callable[[Node], tuple[Any, ...]] = lambda node: ()
     loads_tensors: bool = False  # the module builder takes Node.tensors itself
+    # in-place emission (what eager code gets from ``nn.ReLU(inplace=True)``): codegen passes
+    # ``inplace=True`` to an ``inplace`` kind whose input is a ``fresh_output`` kind's value that
+    # nothing else reads; ``fresh_output``: a new tensor whose backward never reads it
+    inplace: bool = False
+    fresh_output: bool = False
 
     def emit(self, node: Node, inputs: list[Any]) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
         """The function, positional args and keyword args codegen calls for ``node``."""
@@ -118,10 +123,12 @@ def _same(node: Node, shapes: list[Shape]) -> Shape:
     return shapes[0]
 
 
-def _unary(name: str, fn: Callable[..., Any], kwargs: Callable[[Node], dict[str, Any]] | None = None) -> None:
+def _unary(
+    name: str, fn: Callable[..., Any], kwargs: Callable[[Node], dict[str, Any]] | None = None, inplace: bool = False
+) -> None:
     register(
         OpKind(
             name, _same, flops=lambda n, s, o: numel(o), function=fn, kwargs=kwargs or (lambda n: {}),
-            elementwise=True,
+            elementwise=True, inplace=inplace,
         )
     )

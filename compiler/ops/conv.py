@@ -63,7 +63,7 @@ def _build_conv(node: Node, shapes: list[Shape]) -> nn.Module:
 register(
     OpKind(
         "conv2d", _infer_conv, params=_conv_params, flops=_conv_flops, module=_build_conv,
-        searchable=True, weights=("weight", "bias"),
+        searchable=True, weights=("weight", "bias"), fresh_output=True,
     )
 )
 
@@ -123,6 +123,6 @@ register(
         params=lambda n, s: (n.attrs["in_features"] + bool(n.attrs["bias"])) * n.attrs["out_features"],
         flops=lambda n, s, o: 2 * numel(o) * n.attrs["in_features"],
         module=lambda n, s: nn.Linear(n.attrs["in_features"], n.attrs["out_features"], n.attrs["bias"]),
-        weights=("weight", "bias"),
+        weights=("weight", "bias"), fresh_output=True,
     )
 )

@@ -53,7 +53,7 @@ mul_n = _nary(operator.mul)
 maximum_n = _nary(torch.maximum)
 
 
-def _elementwise(name: str, fn: Callable[..., Any], n_ary: Callable[..., Any] | None) -> None:
+def _elementwise(name: str, fn: Callable[..., Any], n_ary: Callable[..., Any] | None, fresh: bool = False) -> None:
     def call(node: Node, ins: list[Any]) -> tuple[Callable[..., Any], tuple[Any, ...]]:
         if "scalar" in node.attrs:
             c = node.attrs["scalar"]
@@ -64,13 +64,13 @@ def _elementwise(name: str, fn: Callable[..., Any], n_ary: Callable[..., Any] | 
         OpKind(
             name, _infer_broadcast, arity=(1, None) if n_ary else (1, 2),
             flops=lambda n, s, o: numel(o) * max(1, len(s) - 1 + ("scalar" in n.attrs)),
-            function=fn, elementwise=True, call=call,
+            function=fn, elementwise=True, call=call, fresh_output=fresh,
         )
     )
 
 
 # Binary and scalar forms are emitted as plain ``operator`` calls so generated code reads `a + b`.
-_elementwise("add", operator.add, add_n)
+_elementwise("add", operator.add, add_n, fresh=True)  # its backward reads neither inputs nor output
 _elementwise("mul", operator.mul, mul_n)
 _elementwise("maximum", torch.maximum, maximum_n)
 _elementwise("sub", operator.sub, None)

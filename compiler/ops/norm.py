@@ -29,7 +29,7 @@ register(
         params=lambda n, s: 2 * n.attrs["num_features"] if n.attrs.get("affine", True) else 0,
         flops=lambda n, s, o: 2 * numel(o),
         module=_build_bn,
-        weights=("weight", "bias", "running_mean", "running_var"),
+        weights=("weight", "bias", "running_mean", "running_var"), fresh_output=True,
     )
 )
 
