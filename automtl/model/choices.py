@@ -14,7 +14,7 @@ and, where it applies, a channel ``width``. A :class:`ChoiceKind` owns, for its 
 Option *positions* (the column of the gates each option reads) are known only to the kind's
 entry: everyone else reads options by name through the :class:`~automtl.compiler.mtl.Choice`.
 ``branches`` (shared / specific / skip, AutoMTL's) is the built-in kind; a new kind is one
-:func:`register_choice_kind` call, like an operator kind in ``compiler/ops.py``.
+:func:`register_choice_kind` call, like an operator kind in ``compiler/ops/``.
 """
 
 from __future__ import annotations
