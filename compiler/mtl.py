@@ -158,6 +158,9 @@ for _kind in ("mtl_conv2d", "mtl_linear", "mtl_batch_norm"):
         OpKind(
             _kind, _mtl_infer, arity=(2, 2), params=_mtl_params, flops=_mtl_flops, module=_mtl_module,
             module_args=lambda n: (n.attrs["shared_input"],), loads_tensors=True,
+            # the runtime's batch norm always returns a new tensor its backward never reads (an
+            # activation after it may run in place); a choice kind's module may return its input
+            fresh_output=_kind == "mtl_batch_norm",
         )
     )
 register(

@@ -401,7 +401,7 @@ def test_state_dict_round_trip_after_filling() -> None:
 
 def _bn_inputs(model: SuperModel, name: str) -> list[torch.Tensor]:
     seen: list[torch.Tensor] = []
-    model.trunk.get_submodule(name).register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach()))
+    model.trunk.get_submodule(name).register_forward_pre_hook(lambda mod, args: seen.append(_joined(args[0])))
     return seen
 
 
@@ -477,3 +477,8 @@ def test_tune_batching_picks_one_and_leaves_the_model_as_it_was() -> None:
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(p.grad is None for p in model.parameters())
+
+
+def _joined(x: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """A batch norm's input: a value, or a stacked value as its task slices (from a choice convolution)."""
+    return torch.cat(x).detach() if isinstance(x, tuple) else x.detach()

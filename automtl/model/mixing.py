@@ -72,6 +72,9 @@ class MixedOp(nn.Module):
         self._owns_weight = "weight" not in src
         self._initialised = False
         self.batching = "dense"
+        # set by the supermodel when a TaskBatchNorm is this node's only reader: a stacked output then
+        # goes to it as its T task slices, which it joins once (saves one copy of the activation)
+        self.slices = False
 
     # --- lifecycle ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -176,7 +179,8 @@ class MixedOp(nn.Module):
         # unbind, not w[t]: its backward stacks the T gradients once instead of T full-size zero fills
         xs, ws = x.chunk(T), w.unbind(0)
         bs = [None] * T if b is None else b.unbind(0)
-        return torch.cat([F.conv2d(xs[t], ws[t], bs[t], groups=self.groups, **conv) for t in range(T)])
+        outs = tuple(F.conv2d(xs[t], ws[t], bs[t], groups=self.groups, **conv) for t in range(T))
+        return outs if self.slices else torch.cat(outs)
 
     def _linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, shared_input: bool) -> torch.Tensor:
         T = self.tasks
@@ -247,7 +251,14 @@ class TaskBatchNorm(nn.Module):
             return gates.new_ones(self.tasks, 1)
         return gates[:, self.gate, : len(self.branches)]
 
-    def forward(self, x: torch.Tensor, gates: torch.Tensor, shared_input: bool) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | tuple[torch.Tensor, ...], gates: torch.Tensor, shared_input: bool
+                ) -> torch.Tensor:
+        """``x`` is a value, or a stacked value still as its ``T`` task slices (from a :class:`MixedOp`
+        whose only reader this is: joining the slices once, here, saves a copy)."""
+        if isinstance(x, (tuple, list)):
+            if self.training:
+                return self._train_slices(tuple(x), gates)
+            x = torch.cat(x)
         T, C = self.tasks, x.shape[1]
         single_shared = self.branches == ("shared",)
         g = self._gates(gates)
@@ -257,25 +268,18 @@ class TaskBatchNorm(nn.Module):
         n = x.shape[0] if shared_input else x.shape[0] // T
         groups = 1 if shared_input else T
         xv = x.reshape(groups, n, C, -1)
+        count = xv.shape[1] * xv.shape[3]  # samples per statistic
         if self.training:
             if single_shared and shared_input:
                 y, mean, var = self._normalise(x, weight[0], bias[0])
-                self._update(g, mean.expand(T, C), self._unbiased(var, xv).expand(T, C))
+                self._update(g, mean.expand(T, C), self._unbiased(var, count).expand(T, C))
                 return y
             if shared_input:  # the same statistics for every task: normalise once, then T affine maps
                 xhat, mean, var = self._normalise(x, None, None)
-                self._update(g, mean.expand(T, C), self._unbiased(var, xv).expand(T, C))
+                self._update(g, mean.expand(T, C), self._unbiased(var, count).expand(T, C))
                 y = torch.addcmul(bias.view(T, 1, C, 1), xhat.reshape(1, n, C, -1), weight.view(T, 1, C, 1))
                 return y.reshape(T * n, *x.shape[1:])
-            # stacked: every task by its own batch statistics, with torch's fused batch norm per task
-            xs, ws, bs = x.chunk(T), weight.unbind(0), bias.unbind(0)
-            if self.branches == ("specific",):  # statistics per task: torch updates them in place
-                rm, rv = self.specific_running_mean, self.specific_running_var
-                return torch.cat([F.batch_norm(xs[t], rm[t], rv[t], ws[t], bs[t], True, self.momentum, self.eps)
-                                  for t in range(T)])
-            parts = [self._normalise(xs[t], ws[t], bs[t]) for t in range(T)]
-            self._update(g, torch.stack([p[1] for p in parts]), self._unbiased(torch.stack([p[2] for p in parts]), xv))
-            return torch.cat([p[0] for p in parts])
+            return self._train_slices(x.chunk(T), gates, g, weight, bias)
         # evaluation: one affine map per task from each branch's running statistics
         scale = None
         shift = None
@@ -294,6 +298,26 @@ class TaskBatchNorm(nn.Module):
         y = torch.addcmul(shift.view(T, 1, C, 1), xv, scale.view(T, 1, C, 1))
         return y.reshape(T * n, *x.shape[1:])
 
+    def _train_slices(self, xs: tuple[torch.Tensor, ...], gates: torch.Tensor, g: torch.Tensor | None = None,
+                      weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Training on a stacked value's task slices: every task by its own batch statistics, with
+        torch's fused batch norm per task; one copy joins the normalised slices."""
+        T, C = self.tasks, xs[0].shape[1]
+        if g is None:
+            g = self._gates(gates)
+            ones = xs[0].new_ones(T, C)
+            weight = self._mix(g, "weight") if self.affine else ones
+            bias = self._mix(g, "bias") if self.affine else torch.zeros_like(ones)
+        ws, bs = weight.unbind(0), bias.unbind(0)
+        if self.branches == ("specific",):  # statistics per task: torch updates them in place
+            rm, rv = self.specific_running_mean, self.specific_running_var
+            return torch.cat([F.batch_norm(xs[t], rm[t], rv[t], ws[t], bs[t], True, self.momentum, self.eps)
+                              for t in range(T)])
+        parts = [self._normalise(xs[t], ws[t], bs[t]) for t in range(T)]
+        count = xs[0].numel() // C
+        self._update(g, torch.stack([p[1] for p in parts]), self._unbiased(torch.stack([p[2] for p in parts]), count))
+        return torch.cat([p[0] for p in parts])
+
     def _normalise(self, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Batch-normalise ``x`` by its own statistics with torch's fused kernel, which also returns
@@ -307,8 +331,7 @@ class TaskBatchNorm(nn.Module):
         return F.batch_norm(x, None, None, weight, bias, True, 0.0, self.eps), mean, var
 
     @staticmethod
-    def _unbiased(var: torch.Tensor, xv: torch.Tensor) -> torch.Tensor:
-        count = xv.shape[1] * xv.shape[3]
+    def _unbiased(var: torch.Tensor, count: int) -> torch.Tensor:
         return var * count / max(count - 1, 1)
 
     @torch.no_grad()

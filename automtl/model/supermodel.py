@@ -84,6 +84,7 @@ class SuperModel(nn.Module):
         self.policy = make_policy(policy, len(self.task_names), self.choices)
         self.set_batching(batching)
         self.output_stacked = self.mtl_graph.stacked[graph.outputs[0]]
+        self._pass_slices()
 
     # --- parameters -----------------------------------------------------------------------------
     def policy_parameters(self) -> list[nn.Parameter]:
@@ -97,6 +98,19 @@ class SuperModel(nn.Module):
 
     def mixed_modules(self) -> list[MixedOp]:
         return [m for m in self.trunk.modules() if isinstance(m, MixedOp)]
+
+    def _pass_slices(self) -> None:
+        """A choice convolution whose only reader is a task batch norm hands it the task slices."""
+        readers: dict[str, list[str]] = {}
+        for node in self.mtl_graph:
+            for i in node.inputs:
+                readers.setdefault(i, []).append(node.name)
+        modules = node_modules(self.trunk)
+        for name, module in modules.items():
+            only = readers.get(name, [])
+            if (isinstance(module, MixedOp) and len(only) == 1 and name not in self.mtl_graph.outputs
+                    and isinstance(modules.get(only[0]), TaskBatchNorm)):
+                module.slices = True
 
     def materialize(self) -> SuperModel:
         """Initialise every weight build only allocated (done on first forward otherwise)."""
