@@ -77,3 +77,21 @@ def _torch_roundtrip(module: torch.nn.Module) -> torch.nn.Module:
     torch.save(module, buf)
     buf.seek(0)
     return torch.load(buf, weights_only=False)
+
+
+def test_compiled_shuffle_and_gather_survive_pickling() -> None:
+    """Unpickling re-traces the emitted code with torch.fx: the registry's functions must allow it."""
+    g = Graph("shuffle_gather")
+    g.add(Node("x", "input", attrs={"shape": (2, 6, 3, 3)}))
+    g.add(Node("sh", "channel_shuffle", ["x"], {"groups": 2}))
+    g.add(Node("pick", "index_select", ["sh"], {"dim": 1, "index": (5, 0, 2, 2), "index_shape": (2, 2)}))
+    g.add(Node("one", "index_select", ["sh"], {"dim": 2, "index": (1,), "index_shape": ()}))
+    g.outputs = ["pick", "one"]
+    gm = codegen(passes.run_all(g))
+    x = torch.randn(2, 6, 3, 3)
+    shuffled = x.view(2, 2, 3, 3, 3).transpose(1, 2).reshape(2, 6, 3, 3)
+    want = (shuffled[:, [5, 0, 2, 2]].view(2, 2, 2, 3, 3), shuffled[:, :, 1])
+    for model in (gm, pickle.loads(pickle.dumps(gm)), _torch_roundtrip(gm)):
+        got = model(x)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -12,8 +12,8 @@ from .base import OpKind, _fail, _need_rank, numel, register
 # --- prototxt forks and Caffe variants: ShuffleChannel, LRN within a channel ---------------------
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """ShuffleNet's channel shuffle: channel ``g * (C // groups) + i`` moves to ``i * groups + g``."""
-    n, c = x.shape[0], x.shape[1]
-    return x.reshape(n, groups, c // groups, *x.shape[2:]).transpose(1, 2).reshape(x.shape)
+    # shape-free calls only, so torch.fx can re-trace the emitted code (it does when a compiled model is unpickled)
+    return x.unflatten(1, (groups, -1)).transpose(1, 2).flatten(1, 2)
 
 
 def _infer_channel_shuffle(node: Node, shapes: list[Shape]) -> Shape:

@@ -43,8 +43,11 @@ register(
 
 def take_along(x: torch.Tensor, dim: int, index: Sequence[int], index_shape: Sequence[int]) -> torch.Tensor:
     """``x`` read at constant ``index`` along ``dim`` (ONNX ``Gather``): ``index_shape`` replaces that axis."""
-    picked = x.index_select(dim, torch.tensor(index, dtype=torch.long, device=x.device))
-    return picked.reshape(*x.shape[:dim], *index_shape, *x.shape[dim + 1 :])
+    # shape-free calls only, so torch.fx can re-trace the emitted code (it does when a compiled model is unpickled)
+    picked = x.index_select(dim, x.new_tensor(index, dtype=torch.long))
+    if not index_shape:
+        return picked.squeeze(dim)
+    return picked.unflatten(dim, tuple(index_shape)) if len(index_shape) > 1 else picked
 
 
 def _infer_index_select(node: Node, shapes: list[Shape]) -> Shape:
