@@ -12,8 +12,9 @@ from .base import OpKind, _same, _unary, numel, register
 
 # in place where codegen may (their in-place backward reads their output, never their input)
 _unary("relu", F.relu, inplace=True)
-# relu6 as the hardtanh it is: torch's own F.relu6 is about 3x slower out of place on CPU
-_unary("relu6", F.hardtanh, lambda n: {"min_val": 0.0, "max_val": 6.0}, inplace=True)
+# relu6 as the hardtanh it is (torch's own F.relu6 is about 3x slower out of place on CPU); never in
+# place: the in-place hardtanh's backward reads its input, so autograd copies the input first
+_unary("relu6", F.hardtanh, lambda n: {"min_val": 0.0, "max_val": 6.0})
 _unary("leaky_relu", F.leaky_relu, lambda n: {"negative_slope": n.attrs["negative_slope"]}, inplace=True)
 _unary("clip", torch.clamp, lambda n: {"min": n.attrs.get("min"), "max": n.attrs.get("max")})
 _unary("sigmoid", torch.sigmoid)
