@@ -23,6 +23,15 @@ from ..compiler.ops import _pair
 
 BATCHING = ("dense", "grouped")
 
+# A stacked value may travel between a choice convolution and a task batch norm as its T task
+# slices (a tuple), which saves joining and re-splitting the activation at every layer.
+Value = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+def joined(x: Value) -> torch.Tensor:
+    """A value as one tensor (task slices joined along the batch)."""
+    return torch.cat(x) if isinstance(x, tuple) else x
+
 
 def _empty_like_param(shape: tuple[int, ...]) -> nn.Parameter:
     return nn.Parameter(torch.empty(shape))
@@ -72,8 +81,7 @@ class MixedOp(nn.Module):
         self._owns_weight = "weight" not in src
         self._initialised = False
         self.batching = "dense"
-        # set by the supermodel when a TaskBatchNorm is this node's only reader: a stacked output then
-        # goes to it as its T task slices, which it joins once (saves one copy of the activation)
+        # set by the supermodel (automtl.model.slices) when every reader takes task slices
         self.slices = False
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -152,13 +160,14 @@ class MixedOp(nn.Module):
         return w.view(T, *self.weight_shape), b
 
     # --- forward --------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, gates: torch.Tensor, shared_input: bool) -> torch.Tensor:
+    def forward(self, x: Value, gates: torch.Tensor, shared_input: bool) -> Value:
+        """The mixed operator on a shared or stacked value (a stacked one may come as its task slices)."""
         if not self._initialised:
             self.materialize()
         T = self.tasks
         w, b = self.mixed(gates[:, self.index, : self.n_branches])
         if self.kind == "linear":
-            return self._linear(x, w, b, shared_input)
+            return self._linear(joined(x), w, b, shared_input)
         conv = dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
         if shared_input:  # one call: all tasks' kernels stacked along the output channels
             g = self.groups
@@ -169,15 +178,19 @@ class MixedOp(nn.Module):
                          None if b is None else b.flatten(), groups=g, **conv)
             n, _, h, wd = y.shape
             if g > 1:
-                return y.view(n, g, T, -1, h, wd).permute(2, 0, 1, 3, 4, 5).reshape(T * n, -1, h, wd)
-            return y.view(n, T, -1, h, wd).transpose(0, 1).reshape(T * n, -1, h, wd)
+                y = y.view(n, g, T, -1, h, wd).permute(2, 0, 1, 3, 4, 5)
+            else:
+                y = y.view(n, T, -1, h, wd).transpose(0, 1)
+            return y.reshape(T * n, -1, h, wd).chunk(T) if self.slices else y.reshape(T * n, -1, h, wd)
         if self.batching == "grouped":
+            x = joined(x)
             n = x.shape[0] // T
             xg = x.view(T, n, *x.shape[1:]).transpose(0, 1).reshape(n, -1, *x.shape[2:])
             y = F.conv2d(xg, w.flatten(0, 1), None if b is None else b.flatten(), groups=T * self.groups, **conv)
-            return y.view(n, T, -1, *y.shape[2:]).transpose(0, 1).reshape(T * n, -1, *y.shape[2:])
+            y = y.view(n, T, -1, *y.shape[2:]).transpose(0, 1).reshape(T * n, -1, *y.shape[2:])
+            return y.chunk(T) if self.slices else y
         # unbind, not w[t]: its backward stacks the T gradients once instead of T full-size zero fills
-        xs, ws = x.chunk(T), w.unbind(0)
+        xs, ws = (x if isinstance(x, tuple) else x.chunk(T)), w.unbind(0)
         bs = [None] * T if b is None else b.unbind(0)
         outs = tuple(F.conv2d(xs[t], ws[t], bs[t], groups=self.groups, **conv) for t in range(T))
         return outs if self.slices else torch.cat(outs)
@@ -229,6 +242,10 @@ class TaskBatchNorm(nn.Module):
                 self.register_parameter(f"{pre}bias", nn.Parameter(init("bias", 0.0, per_task)))
             self.register_buffer(f"{pre}running_mean", init("running_mean", 0.0, per_task))
             self.register_buffer(f"{pre}running_var", init("running_var", 1.0, per_task))
+        # set by the supermodel (automtl.model.slices): the element-wise activation that was this
+        # node's only reader, as (function, kwargs); and whether every reader takes task slices
+        self.activation: tuple[Any, dict[str, Any]] | None = None
+        self.slices = False
 
     def bank_key(self, branch: str, task: int) -> tuple[str, int] | None:
         """Whose parameters a task following ``branch`` uses: the one shared set, or its own."""
@@ -251,14 +268,25 @@ class TaskBatchNorm(nn.Module):
             return gates.new_ones(self.tasks, 1)
         return gates[:, self.gate, : len(self.branches)]
 
-    def forward(self, x: torch.Tensor | tuple[torch.Tensor, ...], gates: torch.Tensor, shared_input: bool
-                ) -> torch.Tensor:
-        """``x`` is a value, or a stacked value still as its ``T`` task slices (from a :class:`MixedOp`
-        whose only reader this is: joining the slices once, here, saves a copy)."""
-        if isinstance(x, (tuple, list)):
-            if self.training:
-                return self._train_slices(tuple(x), gates)
-            x = torch.cat(x)
+    def forward(self, x: Value, gates: torch.Tensor, shared_input: bool) -> Value:
+        """Normalise a shared or stacked value (a stacked one may come as its task slices), then
+        apply the fused activation; a stacked result goes on as task slices where every reader takes them."""
+        if isinstance(x, tuple) and self.training:
+            y = self._slices(x, gates)
+        else:
+            y = self._norm(joined(x), gates, shared_input)
+        act = self.activation
+        if isinstance(y, list):
+            if act is not None:
+                y = [act[0](part, **act[1]) for part in y]
+            return tuple(y) if self.slices else torch.cat(y)
+        if act is not None:
+            y = act[0](y, **act[1])
+        stacked = not (shared_input and self.branches == ("shared",))
+        return y.chunk(self.tasks) if self.slices and stacked else y
+
+    def _norm(self, x: torch.Tensor, gates: torch.Tensor, shared_input: bool) -> torch.Tensor | list[torch.Tensor]:
+        """Batch norm of one tensor: a tensor, or (training, stacked) the normalised task slices."""
         T, C = self.tasks, x.shape[1]
         single_shared = self.branches == ("shared",)
         g = self._gates(gates)
@@ -279,7 +307,7 @@ class TaskBatchNorm(nn.Module):
                 self._update(g, mean.expand(T, C), self._unbiased(var, count).expand(T, C))
                 y = torch.addcmul(bias.view(T, 1, C, 1), xhat.reshape(1, n, C, -1), weight.view(T, 1, C, 1))
                 return y.reshape(T * n, *x.shape[1:])
-            return self._train_slices(x.chunk(T), gates, g, weight, bias)
+            return self._slices(x.chunk(T), gates, g, weight, bias)
         # evaluation: one affine map per task from each branch's running statistics
         scale = None
         shift = None
@@ -298,10 +326,10 @@ class TaskBatchNorm(nn.Module):
         y = torch.addcmul(shift.view(T, 1, C, 1), xv, scale.view(T, 1, C, 1))
         return y.reshape(T * n, *x.shape[1:])
 
-    def _train_slices(self, xs: tuple[torch.Tensor, ...], gates: torch.Tensor, g: torch.Tensor | None = None,
-                      weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def _slices(self, xs: tuple[torch.Tensor, ...], gates: torch.Tensor, g: torch.Tensor | None = None,
+                weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Training on a stacked value's task slices: every task by its own batch statistics, with
-        torch's fused batch norm per task; one copy joins the normalised slices."""
+        torch's fused batch norm per task."""
         T, C = self.tasks, xs[0].shape[1]
         if g is None:
             g = self._gates(gates)
@@ -311,12 +339,12 @@ class TaskBatchNorm(nn.Module):
         ws, bs = weight.unbind(0), bias.unbind(0)
         if self.branches == ("specific",):  # statistics per task: torch updates them in place
             rm, rv = self.specific_running_mean, self.specific_running_var
-            return torch.cat([F.batch_norm(xs[t], rm[t], rv[t], ws[t], bs[t], True, self.momentum, self.eps)
-                              for t in range(T)])
+            return [F.batch_norm(xs[t], rm[t], rv[t], ws[t], bs[t], True, self.momentum, self.eps)
+                    for t in range(T)]
         parts = [self._normalise(xs[t], ws[t], bs[t]) for t in range(T)]
         count = xs[0].numel() // C
         self._update(g, torch.stack([p[1] for p in parts]), self._unbiased(torch.stack([p[2] for p in parts]), count))
-        return torch.cat([p[0] for p in parts])
+        return [p[0] for p in parts]
 
     def _normalise(self, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -26,6 +26,7 @@ from .checks import check_untyped
 from .choices import choose, get_choice_kind
 from .mixing import BATCHING, MixedOp, TaskBatchNorm
 from .policies import GumbelPolicy, make_policy
+from .slices import pass_slices
 
 Policy = GumbelPolicy  # the name earlier code imported from here
 
@@ -84,7 +85,7 @@ class SuperModel(nn.Module):
         self.policy = make_policy(policy, len(self.task_names), self.choices)
         self.set_batching(batching)
         self.output_stacked = self.mtl_graph.stacked[graph.outputs[0]]
-        self._pass_slices()
+        pass_slices(self.trunk, self.mtl_graph)
 
     # --- parameters -----------------------------------------------------------------------------
     def policy_parameters(self) -> list[nn.Parameter]:
@@ -98,19 +99,6 @@ class SuperModel(nn.Module):
 
     def mixed_modules(self) -> list[MixedOp]:
         return [m for m in self.trunk.modules() if isinstance(m, MixedOp)]
-
-    def _pass_slices(self) -> None:
-        """A choice convolution whose only reader is a task batch norm hands it the task slices."""
-        readers: dict[str, list[str]] = {}
-        for node in self.mtl_graph:
-            for i in node.inputs:
-                readers.setdefault(i, []).append(node.name)
-        modules = node_modules(self.trunk)
-        for name, module in modules.items():
-            only = readers.get(name, [])
-            if (isinstance(module, MixedOp) and len(only) == 1 and name not in self.mtl_graph.outputs
-                    and isinstance(modules.get(only[0]), TaskBatchNorm)):
-                module.slices = True
 
     def materialize(self) -> SuperModel:
         """Initialise every weight build only allocated (done on first forward otherwise)."""
@@ -224,6 +212,7 @@ class SuperModel(nn.Module):
             graph, _ = rewrite(self.graph, self.task_names, self.options, choose(self.options), multi_domain=True)
             modules = node_modules(self.trunk)
             gm = codegen(graph, lambda node, shapes: modules[node.name], "Trunk")
+            pass_slices(gm, graph)
             object.__setattr__(self, "_multi_domain", gm)  # not a submodule: it holds no new state
         return self._multi_domain
 
