@@ -28,6 +28,7 @@ from torch import nn
 from ..compiler.ir import Node, Shape
 from ..compiler.mtl import Choice, MTLOptions, Option, skip_form
 from ..compiler.ops import get as get_op
+from ..compiler.registry import Registry
 
 
 @dataclass
@@ -69,24 +70,18 @@ class ChoiceKind:
         raise NotImplementedError
 
 
-CHOICE_KINDS: dict[str, ChoiceKind] = {}
+CHOICE_KINDS: Registry[ChoiceKind] = Registry("choice kind")
 
 
 def register_choice_kind(kind: ChoiceKind) -> ChoiceKind:
     """Add a choice kind to the one registry (names are unique)."""
     if not kind.name:
         raise ValueError(f"{type(kind).__name__} has no name")
-    if kind.name in CHOICE_KINDS:
-        raise ValueError(f"choice kind {kind.name!r} is registered twice")
-    CHOICE_KINDS[kind.name] = kind
-    return kind
+    return CHOICE_KINDS.add(kind.name, kind)
 
 
 def get_choice_kind(name: str) -> ChoiceKind:
-    try:
-        return CHOICE_KINDS[name]
-    except KeyError:
-        raise ValueError(f"unknown choice kind {name!r}; registered: {', '.join(sorted(CHOICE_KINDS))}") from None
+    return CHOICE_KINDS.find(name)
 
 
 # --- the built-in kind: AutoMTL's shared / specific / skip ---------------------------------------

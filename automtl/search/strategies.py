@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..compiler.registry import Registry
 from .loop import Loop, TrainConfig
 from .mpnas import MPNASConfig, MPNASSearcher
 from .searcher import SearchConfig, Searcher
@@ -23,21 +24,16 @@ class Strategy:
     summary: str = ""
 
 
-STRATEGIES: dict[str, Strategy] = {}
+STRATEGIES: Registry[Strategy] = Registry("search strategy")
 
 
 def register_strategy(strategy: Strategy) -> Strategy:
-    if strategy.name in STRATEGIES:
-        raise ValueError(f"search strategy {strategy.name!r} is registered twice")
-    STRATEGIES[strategy.name] = strategy
-    return strategy
+    """Make ``search: {strategy: NAME}`` run ``strategy`` (names are unique)."""
+    return STRATEGIES.add(strategy.name, strategy)
 
 
 def get_strategy(name: str) -> Strategy:
-    try:
-        return STRATEGIES[name]
-    except KeyError:
-        raise ValueError(f"unknown search strategy {name!r}; choose one of {', '.join(sorted(STRATEGIES))}") from None
+    return STRATEGIES.find(name)
 
 
 register_strategy(Strategy("automtl", Searcher, SearchConfig,

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..errors import CompileError
 from ..ir import Node, Shape
+from ..registry import Registry
 
 
 class ShapeError(CompileError):
@@ -68,21 +69,17 @@ class OpKind:
         return fn, args, self.kwargs(node)
 
 
-REGISTRY: dict[str, OpKind] = {}
+REGISTRY: Registry[OpKind] = Registry("operator kind", KeyError)
 
 
 def register(kind: OpKind) -> OpKind:
-    if kind.name in REGISTRY:
-        raise ValueError(f"operator kind {kind.name!r} is registered twice")
-    REGISTRY[kind.name] = kind
-    return kind
+    """Add an operator kind to the one registry (names are unique)."""
+    return REGISTRY.add(kind.name, kind)
 
 
 def get(name: str) -> OpKind:
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown operator kind {name!r}; known: {sorted(REGISTRY)}") from None
+    """The operator kind ``name`` (a KeyError listing the known kinds when there is none)."""
+    return REGISTRY.find(name)
 
 
 def _fail(node: Node, msg: str, hint: str | None = None) -> ShapeError:

@@ -14,6 +14,8 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import Tensor, nn
 
+from ...compiler.registry import Registry
+
 Reduce = Callable[[Tensor], Tensor]
 """Averages a tensor over the data-parallel processes (identity in one process)."""
 
@@ -275,17 +277,16 @@ class GradientWeighting(Weighting):
         return dict.fromkeys(self.task_names, 1.0)
 
 
-WEIGHTINGS: dict[str, type[Weighting]] = {}
+WEIGHTINGS: Registry[type[Weighting]] = Registry("loss weighting", fold_case=True)
+
+
+def _same_class(a: type, b: type) -> bool:
+    return (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)  # one class, its module reloaded
 
 
 def register_weighting(cls: type[Weighting]) -> type[Weighting]:
     """Class decorator: make ``cls`` available to :func:`get_weighting` under ``cls.name``."""
-    key = cls.name.lower()
-    known = WEIGHTINGS.get(key)
-    if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
-        raise ValueError(f"loss weighting {key!r} is already registered ({WEIGHTINGS[key].__name__})")
-    WEIGHTINGS[key] = cls
-    return cls
+    return WEIGHTINGS.add(cls.name, cls, same=_same_class)
 
 
 def weighting_options(name: str) -> dict[str, Any]:
@@ -314,10 +315,7 @@ def check_weighting_options(name: str, kwargs: Mapping[str, Any]) -> None:
 
 
 def _lookup(name: str) -> type[Weighting]:
-    cls = WEIGHTINGS.get(name.lower()) if isinstance(name, str) else None
-    if cls is None:
-        raise ValueError(f"unknown loss weighting {name!r}; available: {', '.join(sorted(WEIGHTINGS))}")
-    return cls
+    return WEIGHTINGS.find(name)
 
 
 def get_weighting(name: str, task_names: Iterable[str], **kwargs: Any) -> Weighting:
