@@ -42,16 +42,24 @@ def _infer_conv(node: Node, shapes: list[Shape]) -> Shape:
     return (x[0], a["out_channels"], *(_spatial(node, x[i + 2], k[i], s[i], p[i], d[i]) for i in range(2)))
 
 
-def _conv_params(node: Node, shapes: list[Shape]) -> int:
+def _group_kernel(node: Node, channels: str) -> int:
+    """Weights of one kernel over one group of ``channels`` (``in_channels`` of a convolution, the
+    ``out_channels`` of a transposed one): the multiply-adds per output (per input) position and channel."""
     a = node.attrs
     k = _pair(a["kernel_size"])
-    return a["out_channels"] * (a["in_channels"] // a["groups"]) * k[0] * k[1] + (a["out_channels"] if a["bias"] else 0)
+    return (a[channels] // a["groups"]) * k[0] * k[1]
+
+
+def _bias_params(node: Node) -> int:
+    return node.attrs["out_channels"] if node.attrs["bias"] else 0
+
+
+def _conv_params(node: Node, shapes: list[Shape]) -> int:
+    return node.attrs["out_channels"] * _group_kernel(node, "in_channels") + _bias_params(node)
 
 
 def _conv_flops(node: Node, shapes: list[Shape], out: Shape) -> int:
-    a = node.attrs
-    k = _pair(a["kernel_size"])
-    return 2 * numel(out) * (a["in_channels"] // a["groups"]) * k[0] * k[1]
+    return 2 * numel(out) * _group_kernel(node, "in_channels")
 
 
 def _build_conv(node: Node, shapes: list[Shape]) -> nn.Module:
@@ -82,15 +90,11 @@ def _infer_deconv(node: Node, shapes: list[Shape]) -> Shape:
 
 
 def _deconv_params(node: Node, shapes: list[Shape]) -> int:
-    a = node.attrs
-    k = _pair(a["kernel_size"])
-    return a["in_channels"] * (a["out_channels"] // a["groups"]) * k[0] * k[1] + (a["out_channels"] if a["bias"] else 0)
+    return node.attrs["in_channels"] * _group_kernel(node, "out_channels") + _bias_params(node)
 
 
 def _deconv_flops(node: Node, shapes: list[Shape], out: Shape) -> int:
-    a = node.attrs
-    k = _pair(a["kernel_size"])
-    return 2 * numel(shapes[0]) * (a["out_channels"] // a["groups"]) * k[0] * k[1]
+    return 2 * numel(shapes[0]) * _group_kernel(node, "out_channels")
 
 
 def _build_deconv(node: Node, shapes: list[Shape]) -> nn.Module:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -10,11 +12,20 @@ from .base import OpKind, _channels, _need_rank, numel, register
 
 
 # --- normalisation -----------------------------------------------------------------------------
-def _infer_channelwise(node: Node, shapes: list[Shape]) -> Shape:
-    (x,) = shapes
-    _need_rank(node, x, (2, 3, 4))
-    _channels(node, x, node.attrs["num_features"], "num_features")
-    return x
+def channelwise_shape(ranks: tuple[int, ...]) -> Callable[[Node, list[Shape]], Shape]:
+    """The shape rule of a per-channel kind (a norm, a scale): one input of one of ``ranks`` with
+    ``num_features`` channels, and an output of the same shape."""
+
+    def infer(node: Node, shapes: list[Shape]) -> Shape:
+        (x,) = shapes
+        _need_rank(node, x, ranks)
+        _channels(node, x, node.attrs["num_features"], "num_features")
+        return x
+
+    return infer
+
+
+_infer_channelwise = channelwise_shape((2, 3, 4))
 
 
 def _build_bn(node: Node, shapes: list[Shape]) -> nn.Module:

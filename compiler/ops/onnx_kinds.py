@@ -9,15 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ir import Node, Shape
-from .base import OpKind, _channels, _fail, _need_rank, _same, _unary, numel, register
-
+from .base import OpKind, _fail, _same, _unary, numel, register
+from .norm import channelwise_shape
 
 # --- kinds the ONNX frontend maps onto: instance norm, gather at constant indices, float casts ---------
-def _infer_instance_norm(node: Node, shapes: list[Shape]) -> Shape:
-    (x,) = shapes
-    _need_rank(node, x, (3, 4, 5))
-    _channels(node, x, node.attrs["num_features"], "num_features")
-    return x
+_infer_instance_norm = channelwise_shape((3, 4, 5))
 
 
 def _build_instance_norm(node: Node, shapes: list[Shape]) -> nn.Module:
