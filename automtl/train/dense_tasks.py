@@ -12,7 +12,34 @@ from torch import Tensor, nn
 from .task_base import MetricState, Task, TaskInputError, _masked_mean, _ratio
 
 
-class Depth(Task):
+class _FloatMapTask(Task):
+    """A per-pixel regression of ``_channels`` floating-point channels, in which 0 marks a missing value."""
+
+    _channels: ClassVar[int]
+    #: what the prediction holds (``"depth"``) and what a target is (``"depth map"``), for error messages
+    _what: ClassVar[str]
+    _map_name: ClassVar[str]
+
+    @property
+    def out_channels(self) -> int:
+        return self._channels
+
+    @property
+    def missing_value(self) -> float:
+        return 0.0
+
+    def _float_maps(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """``pred`` (upsampled to the target's size) and ``target``, checked: (N, C, H, W), floating point."""
+        c = self._channels
+        pred = self._check_float_pred(pred, 4, c, f"(N, {c}, H, W) {self._what}")
+        target = self._dense_target(target, c, self._what)
+        if not target.is_floating_point():
+            raise self._error("target", f"dtype {target.dtype}, expected a floating-point {self._map_name}")
+        self._check_batch(pred, target)
+        return self._match_spatial(pred, (target.shape[2], target.shape[3])), target
+
+
+class Depth(_FloatMapTask):
     """Depth (or any one-channel positive regression): L1 over valid pixels; abs error, abs-rel error, RMSE.
 
     A pixel is valid when its target is finite and > 0, so 0 (or NaN) marks a missing depth.
@@ -21,22 +48,10 @@ class Depth(Task):
     kind = "depth"
     higher_is_better: ClassVar[dict[str, bool]] = {"abs_err": False, "abs_rel": False, "rmse": False}
     primary_metric = "abs_err"
-
-    @property
-    def out_channels(self) -> int:
-        return 1
-
-    @property
-    def missing_value(self) -> float:
-        return 0.0
+    _channels, _what, _map_name = 1, "depth", "depth map"
 
     def _prepare(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        pred = self._check_float_pred(pred, 4, 1, "(N, 1, H, W) depth")
-        target = self._dense_target(target, 1, "depth")
-        if not target.is_floating_point():
-            raise self._error("target", f"dtype {target.dtype}, expected a floating-point depth map")
-        self._check_batch(pred, target)
-        pred = self._match_spatial(pred, (target.shape[2], target.shape[3]))
+        pred, target = self._float_maps(pred, target)
         valid = torch.isfinite(target) & (target > 0)
         # masked entries become 0 so that NaN/inf labels cannot leak NaN into the gradient
         return pred, torch.where(valid, target, torch.zeros_like(target)), valid
@@ -66,7 +81,7 @@ class Depth(Task):
         }
 
 
-class Normals(Task):
+class Normals(_FloatMapTask):
     """Surface normals: 1 - cos between L2-normalised prediction and target over valid pixels.
 
     A pixel is valid when its target vector is finite with norm > 0 (an all-zero normal marks a
@@ -83,22 +98,10 @@ class Normals(Task):
     }
     primary_metric = "mean_angle"
     _thresholds: ClassVar[dict[str, float]] = {"within_11_25": 11.25, "within_22_5": 22.5, "within_30": 30.0}
-
-    @property
-    def out_channels(self) -> int:
-        return 3
-
-    @property
-    def missing_value(self) -> float:
-        return 0.0
+    _channels, _what, _map_name = 3, "normals", "normal map"
 
     def _prepare(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        pred = self._check_float_pred(pred, 4, 3, "(N, 3, H, W) normals")
-        target = self._dense_target(target, 3, "normals")
-        if not target.is_floating_point():
-            raise self._error("target", f"dtype {target.dtype}, expected a floating-point normal map")
-        self._check_batch(pred, target)
-        pred = self._match_spatial(pred, (target.shape[2], target.shape[3]))
+        pred, target = self._float_maps(pred, target)
         finite = torch.isfinite(target).all(dim=1)
         safe = torch.where(finite.unsqueeze(1), target, torch.zeros_like(target))
         valid = finite & (safe.norm(dim=1) > 1e-6)
