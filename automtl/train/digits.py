@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .items import _check_int, _item_index
+from .items import _check_int, _choose_tasks, _item_index
 
 
 @lru_cache(maxsize=1)
@@ -80,10 +80,7 @@ class MultiDigits(Dataset):
             raise ValueError(f"channels must be 1 or 3, got {channels!r}")
         if not (isinstance(test_fraction, float) and 0.0 < test_fraction < 1.0):
             raise ValueError(f"test_fraction must be a float in (0, 1), got {test_fraction!r}")
-        chosen = tuple(self.TASKS if tasks is None else tasks)
-        unknown = [t for t in chosen if t not in self.TASKS]
-        if unknown or not chosen:
-            raise ValueError(f"unknown or no tasks {unknown or list(chosen)}; available: {list(self.TASKS)}")
+        chosen = _choose_tasks(tasks, self.TASKS, self.TASKS)
         self.split = split
         self.channels = channels
         self.tasks = chosen

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -25,3 +26,12 @@ def _item_index(index: Any, n: int, owner: str) -> int:
     if i < -n or i >= n:
         raise IndexError(f"{owner} index {i} out of range for {n} items")
     return i % n
+
+
+def _choose_tasks(tasks: Sequence[str] | None, default: Sequence[str], available: Sequence[str]) -> tuple[str, ...]:
+    """``tasks`` (``default`` when None) as a tuple, or a ``ValueError`` when it is empty or names one not available."""
+    chosen = tuple(default if tasks is None else tasks)
+    unknown = [t for t in chosen if t not in available]
+    if unknown or not chosen:
+        raise ValueError(f"unknown or no tasks {unknown or list(chosen)}; available: {list(available)}")
+    return chosen

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .items import _check_int, _item_index
+from .items import _check_int, _choose_tasks, _item_index
 
 SCENE_WIDTH = 8.0
 """Width of the (orthographic) view in scene units; depth values use the same unit."""
@@ -194,12 +194,7 @@ class SyntheticScenes(Dataset):
         if not (isinstance(noise, int | float) and 0 <= noise < 1):
             raise ValueError(f"noise must be a number in [0, 1), got {noise!r}")
         self.noise = float(noise)
-        chosen = tuple(self.TASKS if tasks is None else tasks)
-        unknown = [t for t in chosen if t not in self.TASKS + self.EXTRA_TASKS]
-        if unknown or not chosen:
-            raise ValueError(f"unknown or no tasks {unknown or list(chosen)}; available: "
-                             f"{list(self.TASKS + self.EXTRA_TASKS)}")
-        self.tasks = chosen
+        self.tasks = _choose_tasks(tasks, self.TASKS, self.TASKS + self.EXTRA_TASKS)
         self.kinds = SHAPE_KINDS[: self.num_classes - 1]
 
     def __len__(self) -> int:
