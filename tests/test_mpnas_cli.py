@@ -23,10 +23,16 @@ baselines: [independent, all-shared]
 """
 
 
-def _config(tmp_path: Path) -> Path:
+def _config(tmp_path: Path, baselines: str = "[independent, all-shared]") -> Path:
+    """CONFIG written to ``tmp_path``, training these ``baselines`` (a YAML list)."""
     path = tmp_path / "mpnas.yaml"
-    path.write_text(CONFIG)
+    path.write_text(CONFIG.replace("baselines: [independent, all-shared]", f"baselines: {baselines}"))
     return path
+
+
+def _disk_full(*args, **kwargs) -> None:
+    """Stands in for a step that writes to a full disk."""
+    raise OSError(errno.ENOSPC, "No space left on device")
 
 
 def _meta(run: Path) -> dict:
@@ -78,8 +84,7 @@ def test_search_writes_an_mpnas_run_that_report_show_and_export_read(tmp_path: P
 
 
 def test_a_stopped_mpnas_run_resumes_to_the_uninterrupted_result(tmp_path: Path, capsys, deterministic: None) -> None:
-    config = _config(tmp_path)
-    config.write_text(CONFIG.replace("baselines: [independent, all-shared]", "baselines: []"))
+    config = _config(tmp_path, "[]")
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     assert main(["search", str(config), "--out", str(whole), "--quiet"]) == 0
     assert main(["search", str(config), "--out", str(cut), "--quiet", "--stop-after", "2"]) == 0
@@ -98,14 +103,9 @@ def test_a_failure_after_the_search_started_leaves_status_failed_and_resume_comp
         tmp_path: Path, capsys, monkeypatch) -> None:
     from automtl.search.mpnas import MPNASSearcher
 
-    config, run = _config(tmp_path), tmp_path / "run"
-    config.write_text(CONFIG.replace("baselines: [independent, all-shared]", "baselines: []"))
+    config, run = _config(tmp_path, "[]"), tmp_path / "run"
     real = MPNASSearcher.train_derived
-
-    def disk_full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(MPNASSearcher, "train_derived", disk_full)
+    monkeypatch.setattr(MPNASSearcher, "train_derived", _disk_full)
     assert main(["search", str(config), "--out", str(run), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "No space left on device" in err and "status 'failed'" in err and "--resume" in err
@@ -121,14 +121,9 @@ def test_a_report_that_failed_is_completed_by_automtl_report_without_searching_a
     from automtl.app import pictures
     from automtl.search.mpnas import MPNASSearcher
 
-    config, run = _config(tmp_path), tmp_path / "run"
-    config.write_text(CONFIG.replace("baselines: [independent, all-shared]", "baselines: [all-shared]"))
+    config, run = _config(tmp_path, "[all-shared]"), tmp_path / "run"
     real = pictures.render_all
-
-    def disk_full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(pictures, "render_all", disk_full)
+    monkeypatch.setattr(pictures, "render_all", _disk_full)
     assert main(["search", str(config), "--out", str(run), "--quiet"]) == 2
     assert "automtl report" in capsys.readouterr().err
     assert _meta(run)["status"] == "failed" and _meta(run)["searched"] is True and not (run / "report.json").exists()
