@@ -1,10 +1,10 @@
-"""The Caffe prototxt frontend: schema and bindings, parsing, inputs, blob names and sources, train_val
-and V1 files, the AutoMTL dialect, error messages that name the file, line and layer, and the zoo.
-Layer numerics are in test_prototxt_layers.py, hostile files and fuzzing in test_prototxt_fuzz.py."""
+"""The Caffe prototxt frontend: parsing, inputs, blob names and sources, train_val and V1 files, the AutoMTL
+dialect, and the zoo. The schema and bindings are checked in test_prototxt_schema.py, error messages in
+test_prototxt_errors.py, layer numerics in test_prototxt_layers.py and test_prototxt_norms.py, hostile
+files and fuzzing in test_prototxt_fuzz.py."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -13,9 +13,7 @@ from google.protobuf import text_format
 from prototxt_helpers import (
     DATA,
     FILE,
-    PROTO,
     compile_,
-    error,
     layer,
     net,
     run,
@@ -25,109 +23,6 @@ from automtl.compiler.errors import CompileError
 from automtl.compiler.frontends import prototxt as P
 from automtl.compiler.frontends.prototxt import from_prototxt, from_text, parsing
 from automtl.proto import caffe_pb2
-
-# ----------------------------------------------------------------------------- schema and bindings
-BVLC_NUMBERS = {
-    "NetParameter": {
-        "name": 1,
-        "input": 3,
-        "input_shape": 8,
-        "input_dim": 4,
-        "force_backward": 5,
-        "state": 6,
-        "layer": 100,
-        "layers": 2,
-    },
-    "LayerParameter": {
-        "name": 1,
-        "type": 2,
-        "bottom": 3,
-        "top": 4,
-        "phase": 10,
-        "loss_weight": 5,
-        "param": 6,
-        "blobs": 7,
-        "include": 8,
-        "exclude": 9,
-        "convolution_param": 106,
-        "pooling_param": 121,
-        "batch_norm_param": 139,
-        "scale_param": 142,
-        "eltwise_param": 110,
-        "concat_param": 104,
-        "slice_param": 126,
-        "crop_param": 144,
-        "inner_product_param": 117,
-        "relu_param": 123,
-        "prelu_param": 131,
-        "dropout_param": 108,
-        "lrn_param": 118,
-        "softmax_param": 125,
-        "flatten_param": 135,
-        "input_param": 143,
-        "clip_param": 148,
-        "bias_param": 141,
-        "power_param": 122,
-        "reshape_param": 133,
-    },
-    "ConvolutionParameter": {
-        "num_output": 1,
-        "bias_term": 2,
-        "pad": 3,
-        "kernel_size": 4,
-        "group": 5,
-        "stride": 6,
-        "pad_h": 9,
-        "pad_w": 10,
-        "kernel_h": 11,
-        "kernel_w": 12,
-        "stride_h": 13,
-        "stride_w": 14,
-        "axis": 16,
-        "dilation": 18,
-    },
-    "PoolingParameter": {"pool": 1, "kernel_size": 2, "stride": 3, "pad": 4, "global_pooling": 12, "round_mode": 13},
-    "BatchNormParameter": {"use_global_stats": 1, "moving_average_fraction": 2, "eps": 3},
-    "V1LayerParameter": {"bottom": 2, "top": 3, "name": 4, "type": 5, "convolution_param": 10},
-}
-
-
-@pytest.mark.parametrize("message", sorted(BVLC_NUMBERS))
-def test_field_numbers_match_bvlc(message: str) -> None:
-    fields = getattr(caffe_pb2, message).DESCRIPTOR.fields_by_name
-    assert {name: fields[name].number for name in BVLC_NUMBERS[message]} == BVLC_NUMBERS[message]
-
-
-def test_enums_match_bvlc() -> None:
-    assert caffe_pb2.PoolingParameter.RoundMode.items() == [("CEIL", 0), ("FLOOR", 1)]
-    assert caffe_pb2.PoolingParameter.PoolMethod.items() == [("MAX", 0), ("AVE", 1), ("STOCHASTIC", 2)]
-    assert caffe_pb2.EltwiseParameter.EltwiseOp.items() == [("PROD", 0), ("SUM", 1), ("MAX", 2)]
-    assert caffe_pb2.V1LayerParameter.CONVOLUTION == 4 and caffe_pb2.V1LayerParameter.SOFTMAX_LOSS == 21
-    assert caffe_pb2.PoolingParameter().round_mode == caffe_pb2.PoolingParameter.CEIL
-
-
-def test_bindings_match_the_schema_file() -> None:
-    """Every field declared in caffe.proto is in caffe_pb2 with the same number (bindings up to date)."""
-    declared: dict[str, dict[str, int]] = {}
-    stack: list[str] = []
-    for raw in PROTO.read_text().splitlines():
-        line = raw.split("//")[0].strip()
-        if m := re.match(r"(message|enum) (\w+) \{", line):
-            stack.append(m.group(2) if m.group(1) == "message" else "")
-        elif line == "}":
-            stack.pop()
-        elif (m := re.match(r"(?:optional|repeated|required) [\w.]+ (\w+) = (\d+)", line)) and stack[-1]:
-            declared.setdefault(stack[-1], {})[m.group(1)] = int(m.group(2))
-    assert len(declared) > 40
-    for message, fields in declared.items():
-        desc = caffe_pb2.DESCRIPTOR.message_types_by_name[message]
-        assert {f.name: f.number for f in desc.fields} == fields, message
-
-
-def test_bindings_have_no_runtime_version_pin() -> None:
-    source = Path(caffe_pb2.__file__).read_text()
-    assert "ValidateProtobufRuntimeVersion" not in source
-    assert "Protobuf Python Version: 5.26.1" in source
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -442,90 +337,6 @@ def test_automtl_dialect_by_flag_or_by_fields() -> None:
         compile_(bvlc, dialect="pytorch")
 
 
-# ----------------------------------------------------------------------------- errors
-def test_malformed_text_names_file_line_column_and_layer() -> None:
-    text = net(layer("ok", "ReLU", "data", "a") + 'layer {\n  name: "broken"\n  type: "ReLU"\n  bottom "a"\n}\n')
-    msg = error(text)
-    assert msg.startswith("net.prototxt:16: ReLU 'broken': cannot parse the prototxt (column 10)")
-    unknown = error(net(layer("c", "Convolution", "data", "c", "convolution_param { num_outputs: 3 }")))
-    assert unknown.startswith("net.prototxt:12: Convolution 'c'") and 'no field named "num_outputs"' in unknown
-
-
-def test_unknown_layer_type_suggests_the_closest() -> None:
-    msg = error(net(layer("bn", "BatchNorm", "data", "b") + layer("x", "Convolutoin", "b", "c")))
-    assert msg.startswith("net.prototxt:13: Convolutoin 'x': unsupported layer type 'Convolutoin'")
-    assert "did you mean 'Convolution'?" in msg
-    msg = error(net(layer("x", "Zorg", "data", "c")))
-    assert "supported: Accuracy, BatchNorm," in msg
-
-
-def test_missing_and_out_of_order_bottoms() -> None:
-    msg = error(net(layer("a", "ReLU", "dat", "a")))
-    assert msg.startswith("net.prototxt:7: ReLU 'a': missing bottom 'dat'") and "did you mean 'data'?" in msg
-    msg = error(net(layer("a", "ReLU", "b", "a") + layer("b", "ReLU", "a", "b")))
-    assert msg.startswith("net.prototxt:7: ReLU 'a': bottom 'b' is only produced by a later layer, ReLU 'b' (line 13)")
-    assert "out of order or form a cycle" in msg
-
-
-def test_mismatched_shapes_name_the_layer() -> None:
-    text = net(
-        layer("c", "Convolution", "data", "c", "convolution_param { num_output: 4 kernel_size: 1 }")
-        + layer("sum", "Eltwise", ["data", "c"], "sum")
-    )
-    msg = error(text)
-    assert msg.startswith("net.prototxt:14: Eltwise 'sum':") and "[1, 3, 8, 8], [1, 4, 8, 8]" in msg
-    msg = error(
-        net(
-            layer("p", "Pooling", "data", "p", "pooling_param { kernel_size: 2 stride: 2 }")
-            + layer("cat", "Concat", ["data", "p"], "cat")
-        )
-    )
-    assert msg.startswith("net.prototxt:14: Concat 'cat':") and "differ outside the concatenation axis" in msg
-
-
-def test_empty_convolution_output_and_wrong_input_size() -> None:
-    conv = layer("c", "Convolution", "data", "c", "convolution_param { num_output: 4 kernel_size: 5 }")
-    msg = error(net(conv, (1, 3, 4, 4)))
-    assert msg.startswith("net.prototxt:7: Convolution 'c': output would be empty: input size 4 with kernel 5")
-    msg = error(net(conv), input_shape=(3, 3, 3))
-    assert msg.startswith("net.prototxt:7: Convolution 'c': output would be empty")
-    msg = error(net(conv), input_shape=(3, 0, 9))
-    assert "non-positive dimension" in msg and msg.startswith("net.prototxt:2: input 'data'")
-    msg = error(
-        net(
-            layer("fc", "InnerProduct", "data", "fc", "inner_product_param { num_output: 2 }")
-            + layer("c", "Convolution", "fc", "c", "convolution_param { num_output: 4 kernel_size: 1 }")
-        )
-    )
-    assert msg.startswith("net.prototxt:14: Convolution 'c': Convolution expects a 4-d N,C,H,W input")
-
-
-def test_unsupported_fields_are_rejected_not_ignored() -> None:
-    msg = error(
-        net(layer("c", "Convolution", "data", "c", "convolution_param { num_output: 4 kernel_size: 1 axis: 2 }"))
-    )
-    assert msg.startswith("net.prototxt:7: Convolution 'c': convolution_param.axis 2 is not supported")
-    msg = error(net(layer("s", "Scale", "data", "s", "scale_param { num_axes: 2 }")))
-    assert msg.startswith("net.prototxt:7: Scale 's': only a per-channel Scale")
-    msg = error(net(layer("p", "Power", "data", "p", "power_param { power: 2 }")))
-    assert "Power with power 2" in msg
-    msg = error(net(layer("c", "ReLU", "data", "c", "blobs { data: 1 }")))
-    assert "weights stored in the prototxt" in msg
-
-
-def test_from_prototxt_reads_paths_and_text(tmp_path: Path) -> None:
-    path = tmp_path / "small.prototxt"
-    path.write_text(net(layer("r", "ReLU", "data", "r")))
-    g = from_prototxt(path)
-    assert g["r"].source.file == str(path) and g.name == "t"
-    assert from_prototxt(str(path)).outputs == ["r"]
-    assert from_prototxt(net(layer("r", "ReLU", "data", "r")))["r"].source.file == "<string>"
-    with pytest.raises(CompileError, match="no such file"):
-        from_prototxt(tmp_path / "missing.prototxt")
-    path.write_text("\ufeff" + net(layer("r", "ReLU", "data", "r")), encoding="utf-8")  # a byte-order mark
-    assert from_prototxt(path).outputs == ["r"]
-
-
 # ----------------------------------------------------------------------------- zoo and speed
 def zoo_names() -> list[str]:
     from automtl import backbones
@@ -567,4 +378,3 @@ def test_resnet50_deploy_file_compiles_with_torchvisions_counts() -> None:
     assert len(text.splitlines()) > 2000 and text.count("layer {") == 228
     assert len(g) == 177 and g.params == 25_557_032 and g.outputs == ["prob"]
     assert g["pool1"].shape == (1, 64, 56, 56) and g["fc1000"].shape == (1, 1000)
-
