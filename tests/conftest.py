@@ -1,8 +1,8 @@
-"""Shared fixtures: non-trivial BN statistics and an eager-vs-compiled equality check."""
+"""Shared fixtures: non-trivial BN statistics, an eager-vs-compiled equality check, one thread per module."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -13,6 +13,16 @@ from automtl.compiler.codegen import codegen
 from automtl.compiler.ir import Graph
 
 TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One thread for a module of small models: as fast, and unaffected when the machine is busy
+    (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
