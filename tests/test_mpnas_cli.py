@@ -35,6 +35,17 @@ def _disk_full(*args, **kwargs) -> None:
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
+def _failed_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, baselines: str, owner: object,
+                   step: str) -> tuple[Path, Path]:
+    """(config, run folder) of a search whose ``owner.step`` found the disk full: it exits 2 (the step is
+    restored afterwards)."""
+    config, run = _config(tmp_path, baselines), tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(owner, step, _disk_full)
+        assert main(["search", str(config), "--out", str(run), "--quiet"]) == 2
+    return config, run
+
+
 def _meta(run: Path) -> dict:
     return json.loads((run / "automtl-run.json").read_text())
 
@@ -103,15 +114,11 @@ def test_a_failure_after_the_search_started_leaves_status_failed_and_resume_comp
         tmp_path: Path, capsys, monkeypatch) -> None:
     from automtl.search.mpnas import MPNASSearcher
 
-    config, run = _config(tmp_path, "[]"), tmp_path / "run"
-    real = MPNASSearcher.train_derived
-    monkeypatch.setattr(MPNASSearcher, "train_derived", _disk_full)
-    assert main(["search", str(config), "--out", str(run), "--quiet"]) == 2
+    config, run = _failed_search(tmp_path, monkeypatch, "[]", MPNASSearcher, "train_derived")
     err = capsys.readouterr().err
     assert "No space left on device" in err and "status 'failed'" in err and "--resume" in err
     meta = _meta(run)
     assert meta["status"] == "failed" and "No space left" in meta["error"] and not (run / "model.pt").exists()
-    monkeypatch.setattr(MPNASSearcher, "train_derived", real)
     assert main(["search", str(config), "--out", str(run), "--quiet", "--resume"]) == 0
     assert _meta(run)["status"] == "done" and (run / "model.pt").is_file() and (run / "report.md").is_file()
 
@@ -121,17 +128,13 @@ def test_a_report_that_failed_is_completed_by_automtl_report_without_searching_a
     from automtl.app import pictures
     from automtl.search.mpnas import MPNASSearcher
 
-    config, run = _config(tmp_path, "[all-shared]"), tmp_path / "run"
-    real = pictures.render_all
-    monkeypatch.setattr(pictures, "render_all", _disk_full)
-    assert main(["search", str(config), "--out", str(run), "--quiet"]) == 2
+    _, run = _failed_search(tmp_path, monkeypatch, "[all-shared]", pictures, "render_all")
     assert "automtl report" in capsys.readouterr().err
     assert _meta(run)["status"] == "failed" and _meta(run)["searched"] is True and not (run / "report.json").exists()
 
     def never(*args, **kwargs):
         raise AssertionError("the search ran again")
 
-    monkeypatch.setattr(pictures, "render_all", real)
     monkeypatch.setattr(MPNASSearcher, "run", never)
     assert main(["report", str(run)]) == 0
     out = capsys.readouterr().out
