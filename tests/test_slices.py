@@ -82,3 +82,23 @@ def test_slices_compute_what_joined_values_compute(monkeypatch: pytest.MonkeyPat
     got, want = model(domains, gates=gates), reference(domains, gates=gates)
     for t in want:
         torch.testing.assert_close(got[t], want[t], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [(1,), (1, 3), (1, 3, 1), (3, 3)])
+def test_weight_mixing_gradients(rows: tuple[int, ...]) -> None:
+    """The mixing's own backward against finite differences: shared (1-row) and per-task (T-row) banks."""
+    from automtl.model.mixing import MIX_BANKS_MIN, _MixBanks, mix_banks
+
+    torch.manual_seed(0)
+    g = torch.rand(3, len(rows), dtype=torch.float64, requires_grad=True)
+    banks = [torch.randn(r, 7, dtype=torch.float64, requires_grad=True) for r in rows]
+    assert torch.autograd.gradcheck(lambda g, *b: _MixBanks.apply(g, *b), (g, *banks))
+    for n in (7, MIX_BANKS_MIN):  # the small-bank path (autograd's products) and the large one
+        banks = [torch.randn(r, n, dtype=torch.float64, requires_grad=True) for r in rows]
+        want = sum(g[:, k : k + 1] * b for k, b in enumerate(banks)).expand(3, n)
+        got = mix_banks(g, banks)
+        torch.testing.assert_close(got, want)
+        dw = torch.randn(3, n, dtype=torch.float64)
+        grads = torch.autograd.grad(got, [g, *banks], dw)
+        for a, b in zip(grads, torch.autograd.grad(want, [g, *banks], dw), strict=True):
+            torch.testing.assert_close(a, b)

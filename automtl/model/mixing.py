@@ -37,6 +37,53 @@ def _empty_like_param(shape: tuple[int, ...]) -> nn.Parameter:
     return nn.Parameter(torch.empty(shape))
 
 
+class _MixBanks(torch.autograd.Function):
+    """``w (T, N) = sum_k g[:, k] * banks[k]``, each bank one row (shared by every task) or ``T`` rows.
+
+    The values autograd would compute from the broadcast products, with a lighter backward: one
+    pass per bank and gate (a matrix-vector product for a shared bank, a row-wise dot for a per-task
+    one), where autograd's product rule makes a ``T x N`` temporary and a reduction for each.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, g: torch.Tensor, *banks: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(g, *banks)
+        w = banks[0] * g[:, 0:1]
+        for k in range(1, len(banks)):
+            w.addcmul_(g[:, k : k + 1], banks[k])
+        return w
+
+    @staticmethod
+    def backward(ctx: Any, dw: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        g, *banks = ctx.saved_tensors
+        dw = dw.contiguous()
+        dg = torch.empty_like(g) if ctx.needs_input_grad[0] else None
+        grads: list[torch.Tensor | None] = []
+        with torch.autocast(dw.device.type, enabled=False):  # gradients of fp32 weights stay fp32
+            for k, bank in enumerate(banks):
+                shared = bank.shape[0] == 1
+                if dg is not None:
+                    dg[:, k] = dw @ bank[0] if shared else torch.bmm(dw.unsqueeze(1), bank.unsqueeze(2)).view(-1)
+                if not ctx.needs_input_grad[k + 1]:
+                    grads.append(None)
+                else:
+                    grads.append((g[:, k] @ dw).unsqueeze(0) if shared else dw * g[:, k : k + 1])
+        return (dg, *grads)
+
+
+MIX_BANKS_MIN = 1 << 16  # T * N from which the lighter backward beats its Python call overhead (CPU, measured)
+
+
+def mix_banks(g: torch.Tensor, banks: list[torch.Tensor]) -> torch.Tensor:
+    """Per-task mixture ``(T, N)`` of weight banks (``(1, N)`` or ``(T, N)``) with gates ``g (T, K)``."""
+    if g.shape[0] * banks[0].shape[-1] >= MIX_BANKS_MIN:
+        return _MixBanks.apply(g, *banks)
+    w = banks[0] * g[:, 0:1]
+    for k in range(1, len(banks)):
+        w = torch.addcmul(w, g[:, k : k + 1], banks[k])
+    return w
+
+
 class MixedOp(nn.Module):
     """A searchable ``conv2d`` or ``linear`` with shared / specific / skip branches per task."""
 
@@ -142,15 +189,16 @@ class MixedOp(nn.Module):
         T = self.tasks
         flat = self.weight.reshape(1, -1)
         if bool(self.filled):
-            w = torch.addcmul(g[:, 0:1] * flat, g[:, 1:2], self.specific_weight.reshape(T, -1))
+            gates, banks = g[:, :2], [flat, self.specific_weight.reshape(T, -1)]
         else:  # before warm-up ends, the specific branch reads the shared weight
-            w = (g[:, 0:1] + g[:, 1:2]) * flat
+            gates, banks = g[:, 0:1] + g[:, 1:2], [flat]
+        if self.skip == "projection":
+            gates, banks = torch.cat([gates, g[:, 2:3]], 1), [*banks, self.projection_kernel()]
+        w = mix_banks(gates, banks)
         if self.skip == "identity":  # + g_skip at the identity's positions
             idx = self.identity_index
             # in place: w is a fresh intermediate that no backward formula reads
             w = w.index_add_(1, idx, g[:, 2:3].to(w.dtype).expand(T, idx.numel()))
-        elif self.skip == "projection":
-            w = torch.addcmul(w, g[:, 2:3], self.projection_kernel())
         b = None
         if self.bias is not None:
             if bool(self.filled):
