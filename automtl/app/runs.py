@@ -68,6 +68,7 @@ from .records import (
     write_csv,
 )
 from .run_kinds import RUN_KINDS, RunKind, run_kind
+from .run_life import guard_checkpoints, on_first_process, one_line_error, record_failure
 from .rundir import CHECKPOINT, FORMAT, LOCK, META, VERSION, NotWritable, RunDir, RunError
 
 __all__ = ["CHECKPOINT", "FORMAT", "LOCK", "META", "RUN_KINDS", "VERSION", "MetricsWriter", "Row", "RunDir",
@@ -144,9 +145,9 @@ def run_search(cfg: RunConfig, out: str | os.PathLike[str], *, resume: bool = Fa
     warn = (note or _stderr_note) if rank == 0 else _silent
     run = RunDir(out)
     if not resume:
-        _on_first_process(run.check_free, rank, world)  # refused early, nothing changed
+        on_first_process(run.check_free, rank, world)  # refused early, nothing changed
     tasks, data, model = build_tasks(cfg), kind.data(cfg), kind.model(cfg, None)
-    plan = _on_first_process(lambda: _claim(run, cfg, command, resume), rank, world)
+    plan = on_first_process(lambda: _claim(run, cfg, command, resume), rank, world)
     try:
         searched = _load_search(run, cfg, world, strict=False) if plan["searched"] else None
         if searched is None:
@@ -158,7 +159,7 @@ def run_search(cfg: RunConfig, out: str | os.PathLike[str], *, resume: bool = Fa
             progress(f"{run.path}: the search has finished; completing the report")
         report = _report(cfg, run, searched, tasks, data, progress, rank, title, kind)
     except BaseException as e:
-        raise _failed(run, e, rank) from (None if isinstance(e, KeyboardInterrupt) else e)
+        raise record_failure(run, e, rank) from (None if isinstance(e, KeyboardInterrupt) else e)
     finally:
         run.release()
     talk("")
@@ -204,7 +205,7 @@ def _search(cfg: RunConfig, run: RunDir, model: Any, tasks: Mapping[str, Task], 
     searcher = kind.searcher(model, tasks, data, search_cfg, checkpoint)
     if checkpoint is not None:
         progress(f"resuming {run.path} after {searcher.steps_done()} steps")
-    _guard_checkpoints(searcher, run, rank)
+    guard_checkpoints(searcher, run, rank)
     run.start_changes = {"searched": None}  # a search run again makes its files again
     writer = None
     if rank == 0:  # a resumed history ends at its checkpoint: so must the metrics file
@@ -239,73 +240,6 @@ def _search(cfg: RunConfig, run: RunDir, model: Any, tasks: Mapping[str, Task], 
                                                 "processes": searched.processes}) + "\n")
         run.write_meta(searched=True, steps=searcher.steps_done())
     return searched
-
-
-def _guard_checkpoints(searcher: Any, run: RunDir, rank: int) -> None:
-    """Route the searcher's checkpoints through :meth:`RunDir.save_checkpoint` (process 0 writes):
-    its own saving writes beside the current checkpoint, which is replaced once the new one reads back."""
-    save = searcher.save_checkpoint
-
-    def save_checkpoint(path: str | os.PathLike[str]) -> None:
-        if rank == 0:
-            run.save_checkpoint(save, searcher.steps_done())
-        else:
-            save(path)
-
-    searcher.save_checkpoint = save_checkpoint  # type: ignore[method-assign]
-
-
-def _failed(run: RunDir, exc: BaseException, rank: int) -> BaseException:
-    """Record a failure (process 0): before the command's first step the directory is put back as it
-    was; after it, status ``failed`` (``stopped`` for Ctrl-C) with the reason. Returns what to raise:
-    one ``RunError`` line for the causes a user can act on."""
-    reason = os_error_line(exc) if isinstance(exc, OSError) else one_line(exc)
-    where = ""
-    if rank == 0:
-        try:
-            if not run.started:
-                run.undo()
-                where = f"nothing was written to {run.path}"
-            else:
-                interrupted = isinstance(exc, KeyboardInterrupt)
-                run.write_meta(status="stopped" if interrupted else "failed", pid=None,
-                               error="interrupted" if interrupted else reason)
-                last = run.good_checkpoint()
-                after = f" (after {last[1]} steps)" if last is not None else ""
-                again = ("`automtl report` or --resume completes the report" if run.meta().get("searched")
-                         else f"--resume goes on from the last checkpoint{after}")
-                where = f"{run.path}: status '{run.meta()['status']}'; fix the cause, then {again}"
-        except (OSError, ValueError):  # the directory itself is failing: the original error says more
-            pass
-        finally:
-            run.release()
-    return _one_line_error(exc, reason, where)
-
-
-def _one_line_error(exc: BaseException, reason: str, where: str) -> BaseException:
-    """A ``RunError`` line for the failures a user can act on (NaN loss, file system, memory); others
-    (Ctrl-C, errors that already are one line, bugs) as they are."""
-    if isinstance(exc, FloatingPointError | OSError | MemoryError | torch.OutOfMemoryError):
-        return RunError(f"{reason}; {where}" if where else reason)
-    return exc
-
-
-def _on_first_process(action: Callable[[], Any], rank: int, world: int) -> Any:
-    """Run ``action`` in process 0 and hand its result to every process; the others raise the same
-    ``RunError`` if it fails (none waits forever)."""
-    error, value = None, None
-    if rank == 0:
-        try:
-            value = action()
-        except RunError as e:
-            error = str(e)
-    if world > 1:
-        box = [(error, value)]
-        torch.distributed.broadcast_object_list(box, src=0)
-        error, value = box[0]
-    if error is not None:
-        raise RunError(error)
-    return value
 
 
 # --- the report -----------------------------------------------------------------------------------------
@@ -422,7 +356,7 @@ def complete_report(path: str | os.PathLike[str], title: str = "automtl search",
             raise
         reason = os_error_line(e) if isinstance(e, OSError) else one_line(e)
         run.write_meta(status="failed", error=reason, pid=None)
-        raise _one_line_error(e, reason, f"{run.path}: status 'failed'; fix the cause, then `automtl report "
+        raise one_line_error(e, reason, f"{run.path}: status 'failed'; fix the cause, then `automtl report "
                                          f"{run.path}` again") from e
     finally:
         run.release()

@@ -35,8 +35,8 @@ from ..search import distributed as dist_utils
 from ..train.tasks import Classification
 from .config import RunConfig, build_dataset, build_tasks
 from .integrity import StagedFile, os_error_line
+from .run_life import guard_checkpoints, on_first_process, record_failure
 from .rundir import CHECKPOINT, META, NotWritable, RunDir, RunError
-from .runs import _failed, _guard_checkpoints, _on_first_process
 
 BANK = "slimda.pt"
 
@@ -51,7 +51,7 @@ def run_slimda(cfg: RunConfig, out: str | os.PathLike[str], *, resume: bool = Fa
     rank, world = dist_utils.rank_and_world()
     run = RunDir(out)
     if not resume:
-        _on_first_process(run.check_free, rank, world)  # refused early, nothing changed
+        on_first_process(run.check_free, rank, world)  # refused early, nothing changed
     tasks = build_tasks(cfg)
     (name, task), *more = tasks.items()
     if more or not isinstance(task, Classification):
@@ -63,14 +63,14 @@ def run_slimda(cfg: RunConfig, out: str | os.PathLike[str], *, resume: bool = Fa
         torch.manual_seed(cfg.seed)
         model = build_slim_classifier(b.name, task.num_classes, input_shape=tuple(b.input_shape),
                                       trunk_output=b.trunk_output, task=name)
-    checkpoint = _on_first_process(lambda: _claim(run, cfg, resume), rank, world)
+    checkpoint = on_first_process(lambda: _claim(run, cfg, resume), rank, world)
     try:
         searcher = SlimDASearcher(model, {name: task}, data, search)
         if checkpoint is not None:
             searcher.load_state_dict(load(checkpoint))
             if not quiet:
                 say(f"resuming {run.path} after {searcher.steps_done()} steps")
-        _guard_checkpoints(searcher, run, rank)  # type: ignore[arg-type]
+        guard_checkpoints(searcher, run, rank)  # type: ignore[arg-type]
         done = searcher.run(stop_after=stop_after, checkpoint=run / CHECKPOINT, every=cfg.checkpoint_every)
         if rank == 0:
             run.mark_started()
@@ -86,7 +86,7 @@ def run_slimda(cfg: RunConfig, out: str | os.PathLike[str], *, resume: bool = Fa
             run.put_text("result.json", json.dumps(result, indent=1) + "\n")
             run.write_meta(status="done", steps=searcher.steps_done(), error=None, pid=None)
     except BaseException as e:
-        raise _failed(run, e, rank) from (None if isinstance(e, KeyboardInterrupt) else e)
+        raise record_failure(run, e, rank) from (None if isinstance(e, KeyboardInterrupt) else e)
     finally:
         run.release()
     big, small = result["networks"]["largest"], result["networks"]["smallest"]
