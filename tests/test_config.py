@@ -252,7 +252,7 @@ ERRORS = [
     pytest.param(TASKS + "baselines: independent\n", "baselines", ["baselines: expected a list"], id="baselines-str"),
     pytest.param("tasks:\n  dept: {kind: depth}\n", "dept",
                  ["task 'dept' is not a target of the synthetic_scenes data; did you mean 'depth'? "
-                  "available: segmentation, depth, normals, edges"], id="task-target"),
+                  "available: segmentation, depth, normals, edges, shading"], id="task-target"),
     pytest.param("data: {name: multi_digits}\ntasks:\n  depth: {kind: depth}\n", "depth",
                  ["task 'depth' is not a target of the multi_digits data",
                   "available: left, right, sum_parity, larger"], id="task-target-digits"),
@@ -378,6 +378,18 @@ def test_build_tiny_config(tmp_path: Path) -> None:
         assert out[t].shape == targets[t].shape, t
     for t, task in tasks.items():
         assert torch.isfinite(task.loss(out[t], targets[t])), t
+
+
+def test_the_shading_target_is_reachable_from_a_config(tmp_path: Path) -> None:
+    text = TINY_YAML.replace("  normals: {kind: normals, hidden_channels: 8}\n", "  shading: {kind: depth}\n")
+    cfg = load_config(write(tmp_path, text))
+    x, targets = build_dataset(cfg)[0]
+    assert set(targets) == {"segmentation", "depth", "shading", "edges"}
+    assert targets["shading"].shape == (1, 16, 16) and float(targets["shading"].min()) >= 0.35
+    assert isinstance(build_tasks(cfg)["shading"], Depth)
+    wrong = text.replace("shading: {kind: depth}", "shading: {kind: normals}")
+    _, message = load_error(tmp_path, wrong)
+    assert "the synthetic_scenes target 'shading' needs kind depth, not normals" in message
 
 
 def test_build_passes_the_task_subset_to_the_data(tmp_path: Path) -> None:

@@ -46,7 +46,8 @@ factory (below). Any other key is a keyword argument of the task's constructor (
 ``num_classes``, ``ignore_index``, ``pos_weight``...); ``num_classes`` defaults to the data's.
 
 Data: ``synthetic_scenes`` (:class:`automtl.train.data.SyntheticScenes`, images ``(3, size, size)``,
-targets segmentation, depth, normals, edges) or ``multi_digits`` (:class:`automtl.train.data.MultiDigits`,
+targets segmentation, depth, normals, edges, and shading (kind depth) when a task names it) or
+``multi_digits`` (:class:`automtl.train.data.MultiDigits`,
 images ``(channels, size, 2 * size)``, targets left, right, sum_parity, larger). Keys other than
 ``name`` and ``images`` are the constructor's keyword arguments; ``seed`` defaults to the top-level
 seed, ``size`` to the input shape's (``channels`` too, for multi_digits), and only the configured

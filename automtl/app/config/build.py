@@ -105,9 +105,9 @@ def dataset_kwargs(cfg: RunConfig) -> dict[str, Any]:
         kwargs.setdefault("size", h)
         if c in (1, 3):
             kwargs.setdefault("channels", c)
-    targets = getattr(cls, "TASKS", ())
-    chosen = tuple(t for t in targets if t in cfg.tasks)
-    if chosen and len(chosen) < len(targets) and "tasks" in params:
+    defaults = getattr(cls, "TASKS", ())
+    chosen = tuple(t for t in (*defaults, *getattr(cls, "EXTRA_TASKS", ())) if t in cfg.tasks)
+    if chosen and chosen != defaults and "tasks" in params:
         kwargs["tasks"] = chosen
     return kwargs
 

@@ -50,7 +50,8 @@ _FILE_SUFFIXES = (".prototxt", ".pbtxt", ".txt", ".onnx")
 _BUILTIN_KINDS = ("classification", "segmentation", "depth", "normals", "edges")
 # the kind each built-in target needs
 _TARGET_KINDS: dict[str, dict[str, str]] = {
-    "synthetic_scenes": {t: t for t in DATASETS["synthetic_scenes"].TASKS},  # type: ignore[attr-defined]
+    # shading: the Lambertian shading map, a one-channel regression like depth
+    "synthetic_scenes": {**{t: t for t in DATASETS["synthetic_scenes"].TASKS}, "shading": "depth"},  # type: ignore[attr-defined]
     "multi_digits": {t: "classification" for t in DATASETS["multi_digits"].TASKS},  # type: ignore[attr-defined]
 }
 MAX_SIDE = 65536
@@ -168,9 +169,17 @@ def _backbone(ctx: Ctx, sec: Mapping) -> BackboneConfig:
     return BackboneConfig(name, tuple(shape), trunk_output, bn, skip)
 
 
+def _targets(data_name: str) -> tuple[str, ...]:
+    """Every target a built-in dataset can give (its default ones, then those given only when named)."""
+    if not data_name:
+        return ()
+    cls = DATASETS[data_name]
+    return (*getattr(cls, "TASKS", ()), *getattr(cls, "EXTRA_TASKS", ()))
+
+
 def _tasks(ctx: Ctx, data: Mapping, data_name: str) -> dict[str, TaskConfig]:
     """The tasks section; with a user dataset (``data_name`` empty) names are not checked against targets."""
-    available = DATASETS[data_name].TASKS if data_name else ()  # type: ignore[attr-defined]
+    available = _targets(data_name)
     kinds = _TARGET_KINDS.get(data_name, {})
     first = available[0] if available else "depth"
     example = f"tasks: {{{first}: {{kind: {kinds.get(first, first)}}}}}"
