@@ -15,8 +15,9 @@ from torch.utils.data import Dataset
 from automtl.app.cli import main
 from automtl.app.config import build_model, config_from_dict
 from automtl.app.export import check_onnx, export_onnx
-from automtl.grouping.model import combine, selection_model
+from automtl.grouping.model import GroupedModel, combine, selection_model
 from automtl.grouping.run import config_networks, group_train, half_model
+from automtl.grouping.table import GroupingError
 from automtl.grouping.tag import TagTrainer, choose_groups, group_scores
 from automtl.grouping.train import FULL, HALF, Candidate, CandidateTrainer, GroupTrainConfig, run_method
 from automtl.search.loop import TrainConfig
@@ -163,7 +164,6 @@ def test_tag_group_choice_is_the_brute_force_optimum(seed: int) -> None:
 
 
 def test_tag_group_choice_ties_and_errors() -> None:
-    from automtl.grouping.table import GroupingError
 
     tasks = ["a", "b", "c"]
     assert choose_groups(np.zeros((3, 3)), tasks, 3) == [("a", "b", "c")]  # a tie: the fewest groups
@@ -293,6 +293,16 @@ def test_grouped_model_equals_the_separate_networks_and_exports(tmp_path: Path) 
     export_onnx(grouped, tmp_path / "g.onnx", (2, 4, 4))
     diffs = check_onnx(tmp_path / "g.onnx", grouped, x)
     assert set(diffs) == {"a", "b", "c"}
+    grouped.save(tmp_path / "g.pt")
+    again = GroupedModel.load(tmp_path / "g.pt").eval()
+    assert again.served_by == grouped.served_by and again.networks == grouped.networks
+    with torch.no_grad():
+        for t, want in out.items():
+            torch.testing.assert_close(again.as_dict(x)[t], want, rtol=0, atol=0)
+    assert sum(p.numel() for p in again.parameters()) == rep["total"]["params"]
+    torch.save({"format": "other"}, tmp_path / "bad.pt")
+    with pytest.raises(GroupingError, match="bad.pt: not an automtl grouped model"):
+        GroupedModel.load(tmp_path / "bad.pt")
 
 
 def test_selection_model_reads_each_task_from_its_best_chosen_network() -> None:

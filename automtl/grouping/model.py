@@ -11,7 +11,9 @@ weights are the trained ones; the one codegen emits it, so it reports and export
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import networkx as nx
@@ -22,7 +24,10 @@ from torch import nn
 from ..compiler.codegen import build_module, codegen, node_modules
 from ..compiler.ir import Graph, Node
 from ..compiler.passes import infer, prune
+from ..model.derive import emit_net
 from .table import GroupingError
+
+FORMAT = "automtl.grouped/1"
 
 
 class GroupedModel(nn.Module):
@@ -41,6 +46,22 @@ class GroupedModel(nn.Module):
     def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.net(*xs)
         return out if isinstance(out, tuple) else (out,)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Graph, weights and which network serves each task in one file; :meth:`load` rebuilds it."""
+        torch.save({"format": FORMAT, "graph": self.graph.copy(tensors=False), "tasks": self.task_names,
+                    "networks": self.networks, "served_by": self.served_by, "state_dict": self.net.state_dict()},
+                   path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> GroupedModel:
+        """A model written by :meth:`save` (the file holds pickled graph attributes: load trusted files only)."""
+        data = torch.load(Path(path), map_location="cpu", weights_only=False)
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise GroupingError(f"{path}: not an automtl grouped model (expected format {FORMAT!r})")
+        net = emit_net(data["graph"], class_name="GroupedNet")
+        net.load_state_dict(data["state_dict"])
+        return cls(data["graph"], net, data["tasks"], data["networks"], data["served_by"])
 
     def as_dict(self, *xs: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{task: output}`` for the same call."""
@@ -121,6 +142,8 @@ def combine(networks: Sequence[nn.Module], served_by: Mapping[str, int],
             new.name = f"net{k}.{node.name}"
             new.inputs = [rename[i] for i in node.inputs]
             new.attrs = dict(node.attrs)
+            if "weights" in new.attrs.get("derived", {}):  # weight keys are per network: keep them apart
+                new.attrs["derived"] = {**new.attrs["derived"], "weights": f"net{k}.{new.attrs['derived']['weights']}"}
             new.tensors = {}
             if node.name in mods:
                 modules[new.name] = mods[node.name]

@@ -110,7 +110,7 @@ class MultiTaskModel(nn.Module):
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"{path}: not an automtl multi-task model (expected format {FORMAT!r})")
         graph = data["graph"]
-        net = _emit(graph, shared_modules=True)
+        net = emit_net(graph)
         net.load_state_dict(data["state_dict"])
         return cls(graph, net, data["tasks"], Architecture.from_dict(data["architecture"]), data["baseline"])
 
@@ -126,8 +126,9 @@ def _unique_params(modules: list[nn.Module]) -> int:
     return total
 
 
-def _emit(graph: Graph, shared_modules: bool) -> fx.GraphModule:
-    """Codegen, with one module per weight key so tied operators share their parameters."""
+def emit_net(graph: Graph, class_name: str = "MultiTaskNet") -> fx.GraphModule:
+    """Codegen of a derived graph, with one module per weight key (``attrs["derived"]["weights"]``,
+    else the node's name) so operators that are one weight bank share their parameters."""
     cache: dict[Any, nn.Module] = {}
 
     def factory(node: Node, shapes: list[Any]) -> nn.Module:
@@ -136,7 +137,7 @@ def _emit(graph: Graph, shared_modules: bool) -> fx.GraphModule:
             cache[key] = build_module(node, shapes)
         return cache[key]
 
-    return codegen(graph, factory, class_name="MultiTaskNet")
+    return codegen(graph, factory, class_name=class_name)
 
 
 def derive(model: SuperModel, architecture: Architecture, multi_domain: bool = False) -> MultiTaskModel:
@@ -212,7 +213,7 @@ def derive(model: SuperModel, architecture: Architecture, multi_domain: bool = F
         outputs.append(_add_head(out, model.heads[task], task, feat))
     out.outputs = outputs
     infer(out)
-    net = _emit(out, shared_modules=True)
+    net = emit_net(out)
     baseline = _baseline(model, out)
     return MultiTaskModel(out, net, tasks, architecture, baseline)
 
