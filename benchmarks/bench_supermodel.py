@@ -118,6 +118,20 @@ def test_steps(benchmark, backbone: str) -> None:
     _record(benchmark, f"step-{backbone}", "soft step (pytest-benchmark median)", base)
 
 
+# --- derive -------------------------------------------------------------------------------------
+def test_derive_deep_residual(benchmark) -> None:
+    """Derive a 22-block residual chain (value keys that nested took ~20 s here, doubling per block)."""
+    from derive_helpers import deep_residual, random_architecture
+
+    benchmark.group = "derive"
+    model = build(deep_residual(22), _heads(2), input_shape=(2, 4, 4), check_heads=False)
+    model.materialize()
+    arch = random_architecture(model, seed=0)
+    derived = benchmark(lambda: model.derive(arch))
+    assert len(derived.task_names) == 2
+    benchmark.extra_info["seconds"] = benchmark.stats.stats.median
+
+
 # --- derived inference --------------------------------------------------------------------------
 @pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v2"])
 @pytest.mark.parametrize("arch", ["shared", "specific", "random"])

@@ -114,3 +114,19 @@ def tiny(bn: str = "follow", tasks: int = 3, heads: dict[str, nn.Module] | None 
     torch.manual_seed(0)
     heads = heads or make_heads(10, tasks, spatial=False)
     return perturb(build("tiny_cnn", heads, bn=bn, check_heads=check_heads))
+
+
+def deep_residual(blocks: int) -> nn.Module:
+    """``x = x + conv(x)`` repeated: the chain whose value keys must stay flat in derive."""
+
+    class Deep(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.convs = nn.ModuleList(nn.Conv2d(2, 2, 3, padding=1) for _ in range(blocks))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for conv in self.convs:
+                x = x + conv(x)
+            return x
+
+    return Deep()
