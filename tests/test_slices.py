@@ -93,7 +93,7 @@ def test_weight_mixing_gradients(rows: tuple[int, ...]) -> None:
     g = torch.rand(3, len(rows), dtype=torch.float64, requires_grad=True)
     banks = [torch.randn(r, 7, dtype=torch.float64, requires_grad=True) for r in rows]
     assert torch.autograd.gradcheck(lambda g, *b: _MixBanks.apply(g, *b), (g, *banks))
-XX
+    for n in (7, -(-MIX_BANKS_MIN // 3)):  # the small-bank path (autograd's products) and the large one
         banks = [torch.randn(r, n, dtype=torch.float64, requires_grad=True) for r in rows]
         want = sum(g[:, k : k + 1] * b for k, b in enumerate(banks)).expand(3, n)
         got = mix_banks(g, banks)
