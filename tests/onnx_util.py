@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
@@ -19,15 +18,6 @@ from automtl.compiler.frontends.onnx import from_onnx
 from automtl.compiler.ir import Graph
 
 RNG = np.random.default_rng(0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models: one thread is as fast and does not suffer when the machine is busy (import it to use)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _ir_version(opset: int) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +16,7 @@ from automtl.app.export import export_onnx
 from automtl.model.derive import MultiTaskModel
 from automtl.model.supermodel import SuperModel
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Small models: one thread is as fast and does not suffer when the machine is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one thread (conftest)
 
 
 # backbone -> (trunk_output, channels, input size)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
-from onnx_util import assert_matches_ort, calibrate, kinds, make_model, one_thread, run_ort, torch_export, w  # noqa: F401 - one_thread: autouse fixture
+from onnx_util import assert_matches_ort, calibrate, kinds, make_model, run_ort, torch_export, w
 from torch import nn
 
 from automtl import backbones
@@ -18,6 +18,8 @@ from automtl.compiler.codegen import codegen
 from automtl.compiler.errors import CompileError
 from automtl.compiler.frontends.fx import from_module
 from automtl.compiler.frontends.onnx import from_onnx, max_opset
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one thread (conftest)
 
 # --- zoo round trips ---------------------------------------------------------------------------
 ZOO = backbones.names()

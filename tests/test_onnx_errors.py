@@ -17,13 +17,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
-from onnx_util import assert_matches_ort, make_model, one_thread, run_ir, run_ort, torch_export, w  # noqa: F401 - one_thread: autouse fixture
+from onnx_util import assert_matches_ort, make_model, run_ir, run_ort, torch_export, w
 from torch import nn
 
 import automtl
 from automtl.compiler.errors import CompileError
 from automtl.compiler.frontends import onnx as onnx_frontend
 from automtl.compiler.frontends.onnx import Reader, from_onnx, max_opset
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one thread (conftest)
 
 
 def refused(model: onnx.ModelProto | bytes | Path, match: str, **kwargs) -> str:

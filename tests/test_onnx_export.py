@@ -8,12 +8,14 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
-from onnx_util import calibrate, kinds, one_thread, run_ort  # noqa: F401 - one_thread: autouse fixture
+from onnx_util import calibrate, kinds, run_ort
 from torch import nn
 
 from automtl.app.export import ExportCheckError, check_onnx, export_onnx
 from automtl.compiler.codegen import codegen
 from automtl.compiler.frontends.onnx import from_onnx
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one thread (conftest)
 
 
 # --- export --------------------------------------------------------------------------------------

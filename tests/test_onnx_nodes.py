@@ -18,11 +18,12 @@ import onnx
 import pytest
 import torch
 from onnx import numpy_helper
-from onnx_util import one_thread  # noqa: F401 - one_thread: autouse fixture
 
 from automtl.compiler.codegen import codegen
 from automtl.compiler.errors import CompileError
 from automtl.compiler.frontends.onnx import SUPPORTED_OPS, from_onnx
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one thread (conftest)
 
 # ops whose every tensor input is data (stays a graph input); the others keep only input 0
 ALL_DATA = {"Add", "Sub", "Mul", "Div", "Sum", "Max", "Concat"}

@@ -11,13 +11,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from onnx import helper
-from onnx_util import assert_matches_ort, kinds, make_model, one_thread, run_ort, torch_export, w  # noqa: F401 - one_thread: autouse fixture
+from onnx_util import assert_matches_ort, kinds, make_model, run_ort, torch_export, w
 from torch import nn
 
 from automtl import build
 from automtl.compiler.codegen import codegen
 from automtl.compiler.errors import CompileError
 from automtl.compiler.frontends.onnx import from_onnx
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one thread (conftest)
 
 
 # --- newer operators against onnxruntime ------------------------------------------------------------
