@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from derive_helpers import random_architecture
 from naive import naive_forward
 from torch import nn
 
@@ -171,21 +172,12 @@ def _model(config: str, T: int, bn: str, filled: bool) -> SuperModel:
     return model
 
 
-def _architecture(model: SuperModel, seed: int) -> Any:
-    """A random valid architecture: every task any branch its choice node offers."""
-    gen = torch.Generator().manual_seed(seed)
-    pick = torch.zeros(len(model.task_names), max(len(model.choices), 1), dtype=torch.long)
-    for c in model.choices:
-        pick[:, c.index] = torch.randint(len(c.branches), (len(model.task_names),), generator=gen)
-    return model.architecture_from_indices(pick)
-
-
 def _run_kwargs(model: SuperModel, mode: str, seed: int) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(seed)
     u = torch.rand(model.policy.logits.shape, generator=gen, dtype=DTYPE).clamp(1e-10, 1 - 1e-7)
     kwargs: dict[str, Any] = {"mode": mode, "noise": -torch.log(-torch.log(u)), "tau": 0.7}
     if mode == "fixed":
-        kwargs["architecture"] = _architecture(model, seed)
+        kwargs["architecture"] = random_architecture(model, seed)
     return kwargs
 
 
