@@ -109,3 +109,24 @@ def test_the_trial_leaves_the_model_as_it_was() -> None:
     fresh = {k: v for k, v in model.state_dict().items() if "running" in k}
     assert fresh and all(torch.equal(v, torch.zeros_like(v)) for k, v in fresh.items() if "mean" in k)
     assert all(torch.equal(v, torch.ones_like(v)) for k, v in fresh.items() if "var" in k)
+
+
+class StemStats(nn.Module):
+    """An untyped, sample-mixing call on the input, before any choice: exact for one shared input
+    (it sees the real batch), wrong for per-task inputs stacked into one batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c1(centre(x))
+
+
+def test_per_task_inputs_check_the_operators_a_shared_input_never_stacks() -> None:
+    model = automtl.build(StemStats(), HEADS, input_shape=(2, *SHAPE), wrap_functions=[centre])
+    assert model(torch.randn(2, *SHAPE))["a"].shape == (2, 8, 8, 8)  # one input: the source's computation
+    domains = {t: torch.randn(2, *SHAPE) for t in HEADS}
+    for _ in range(2):  # refused at every call, never a torch error or silently mixed domains
+        with pytest.raises(CompileError, match=r"'centre' \(opaque call of centre\) gives other values"):
+            model(domains)

@@ -26,6 +26,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..compiler.errors import CompileError, Source
+from ..compiler.ir import Graph
 
 if TYPE_CHECKING:
     from .supermodel import SuperModel
@@ -57,16 +58,23 @@ def check_heads(model: SuperModel) -> None:
                              "one output per task (wrap it to return the tensor the task's loss reads)")
 
 
-def check_untyped(model: SuperModel) -> None:
-    """Warn about untyped operators holding weights; trial-run those that read task-stacked values."""
-    graph = model.mtl_graph
+def check_untyped(model: SuperModel, trunk: fx.GraphModule | None = None, graph: Graph | None = None) -> None:
+    """Warn about untyped operators holding weights; trial-run those that read task-stacked values.
+
+    By default the trunk for one input shared by all tasks; ``trunk``/``graph`` name another trunk
+    emitted from the same backbone (the multi-domain one, where every value is stacked: it is
+    checked when first made, and warns nothing again).
+    """
+    first = trunk is None
+    trunk, graph = (model.trunk, model.mtl_graph) if trunk is None or graph is None else (trunk, graph)
     untyped = [n for n in graph if n.kind in UNTYPED]
-    for node in untyped:
-        _warn_weights(node)
+    if first:
+        for node in untyped:
+            _warn_weights(node)
     stacked = getattr(graph, "stacked", {})
     risky = {n.name for n in untyped if any(stacked.get(i, False) for i in n.inputs)}
     if risky and len(model.task_names) > 1:
-        _trial(model, risky)
+        _trial(model, trunk, graph, risky)
 
 
 def _what(node: Any) -> str:
@@ -117,13 +125,13 @@ def _fail(node: Any, what: str) -> CompileError:
 class _Trial(fx.Interpreter):
     """Runs the trunk; each risky operator also runs on each task's slice, and the two must agree."""
 
-    def __init__(self, model: SuperModel, risky: set[str]) -> None:
-        super().__init__(model.trunk)
-        self.T = len(model.task_names)
-        names = model.trunk.meta["nodes"]
-        self.ir = {fx_name: model.mtl_graph[ir_name] for ir_name, fx_name in names.items()}
+    def __init__(self, trunk: fx.GraphModule, graph: Graph, tasks: int, risky: set[str]) -> None:
+        super().__init__(trunk)
+        self.T = tasks
+        names = trunk.meta["nodes"]
+        self.ir = {fx_name: graph[ir_name] for ir_name, fx_name in names.items()}
         self.risky = {names[r] for r in risky}
-        self.stacked = {fx_name: model.mtl_graph.stacked.get(ir_name, False) for ir_name, fx_name in names.items()}
+        self.stacked = {fx_name: graph.stacked.get(ir_name, False) for ir_name, fx_name in names.items()}
 
     def run_node(self, n: fx.Node) -> Any:
         if n.name not in self.risky:
@@ -153,14 +161,16 @@ class _Trial(fx.Interpreter):
         return full
 
 
-def _trial(model: SuperModel, risky: set[str]) -> None:
+def _trial(model: SuperModel, trunk: fx.GraphModule, graph: Graph, risky: set[str]) -> None:
     model.materialize()  # the random draws the first forward would make, in the same order
-    x_shape = model.mtl_graph[model.mtl_graph.inputs[0]].shape
+    T = len(model.task_names)
+    x_name = graph.inputs[0]
+    batch = TRIAL_BATCH * (T if graph.stacked.get(x_name) else 1)  # one batch per task when inputs are
     with torch.random.fork_rng(devices=[]), _eval(model), torch.no_grad():
         torch.manual_seed(0)
-        x = torch.randn(TRIAL_BATCH, *x_shape[1:])
+        x = torch.randn(batch, *graph[x_name].shape[1:])
         gates = model.policy.gates("soft", 1.0)  # every task a different mixture, so the slices differ
-        _Trial(model, risky).run(x, gates)
+        _Trial(trunk, graph, T, risky).run(x, gates)
 
 
 @contextmanager

@@ -213,6 +213,7 @@ class SuperModel(nn.Module):
             modules = node_modules(self.trunk)
             gm = codegen(graph, lambda node, shapes: modules[node.name], "Trunk")
             pass_slices(gm, graph)
+            check_untyped(self, gm, graph)  # every value is stacked here, the input too
             object.__setattr__(self, "_multi_domain", gm)  # not a submodule: it holds no new state
         return self._multi_domain
 
