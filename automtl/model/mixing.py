@@ -79,9 +79,16 @@ def mix_banks(g: torch.Tensor, banks: list[torch.Tensor]) -> torch.Tensor:
     """Per-task mixture ``(T, N)`` of weight banks (``(1, N)`` or ``(T, N)``) with gates ``g (T, K)``."""
     if g.shape[0] * banks[0].shape[-1] >= MIX_BANKS_MIN:
         return _MixBanks.apply(g, *banks)
-    w = banks[0] * g[:, 0:1]
-    for k in range(1, len(banks)):
-        w = torch.addcmul(w, g[:, k : k + 1], banks[k])
+    # smaller banks: torch's own ops (cheaper to call); a shared bank as an outer product, whose
+    # backward is two matrix-vector products instead of a temporary and a reduction per input
+    w: torch.Tensor | None = None
+    with torch.autocast(g.device.type, enabled=False):  # weights are mixed in their own precision
+        for k, bank in enumerate(banks):
+            if bank.shape[0] == 1:
+                w = torch.outer(g[:, k], bank[0]) if w is None else torch.addr(w, g[:, k], bank[0])
+            else:
+                w = g[:, k : k + 1] * bank if w is None else torch.addcmul(w, g[:, k : k + 1], bank)
+    assert w is not None
     return w
 
 
