@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -93,28 +92,6 @@ def _baseline(cfg: RunConfig, tasks: Mapping[str, Task], data: Any, steps: int
     return derived, s.validate(derived)["metrics"]
 
 
-def latency(models: Sequence[MultiTaskModel], cfg: RunConfig, rounds: int = 20) -> float:
-    """Median ms of one image per input (one per domain) through every model, after a warm-up pass."""
-    shape = (1, *cfg.backbone.input_shape)
-    device = next(models[0].parameters()).device
-    xs = [[torch.randn(shape, device=device) for _ in m.graph.inputs] for m in models]
-    times = []
-    with torch.inference_mode():
-        for m, x in zip(models, xs, strict=True):
-            m.eval()(*x)
-        for _ in range(rounds):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            for m, x in zip(models, xs, strict=True):
-                m(*x)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-    times.sort()
-    return 1000 * times[len(times) // 2]
-
-
 def _state(searcher: Any) -> dict[str, Any]:
     return {"model": searcher.model.state_dict(), "controller": searcher.controller.state_dict(),
             "baseline": searcher.baseline.state_dict()}
@@ -167,7 +144,7 @@ def _markdown(report: Mapping[str, Any]) -> list[str]:
 
 
 MPNAS_RUN = RunKind(name="mpnas", data=data, model=model, searcher=_searcher, baseline=_baseline,
-                    steps=lambda cfg: cfg.search.train_steps, latency=latency, state=_state,
+                    steps=lambda cfg: cfg.search.train_steps, state=_state,
                     results=lambda result: result.summary(), extra=_extra, markdown=_markdown)
 
 

@@ -8,15 +8,12 @@ import csv
 import json
 import math
 import os
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..model.derive import MultiTaskModel
+from ..model.latency import measure_latency
 from ..train.tasks import Task
 from .integrity import TMP_PREFIX, RunError, atomic_write_text
 
@@ -167,26 +164,6 @@ class Row:
     params: int
     flops: int
     latency_ms: float
-
-
-def measure_latency(models: Sequence[MultiTaskModel], shape: Sequence[int], rounds: int = 20) -> float:
-    """Median ms of one batch of ``shape`` through every model (all tasks), after a warm-up pass."""
-    x = torch.randn(tuple(shape), device=next(models[0].parameters()).device)
-    times = []
-    with torch.inference_mode():
-        for m in models:
-            m.eval()(x)
-        for _ in range(rounds):
-            if x.is_cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for m in models:
-                m(x)
-            if x.is_cuda:
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-    times.sort()
-    return 1000 * times[len(times) // 2]
 
 
 def delta_mtl(row: Row, base: Row, tasks: Mapping[str, Task]) -> float:

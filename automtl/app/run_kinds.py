@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..model.derive import MultiTaskModel
+from ..model.latency import measure_latency
 from ..train.tasks import Task
 from .config import RunConfig
 from .rundir import RunError
@@ -30,7 +31,8 @@ class RunKind:
     search_config, checkpoint)`` (a new one, or resumed from ``checkpoint``), ``baseline(cfg, tasks,
     data, steps)`` (a model of ``tasks`` trained from scratch, and its validation metrics),
     ``steps(cfg)`` (the weight steps the searched model took: each baseline takes as many),
-    ``latency(models, cfg)`` (ms), ``state(searcher)`` (what ``supermodel.pt`` keeps),
+    ``latency(models, cfg)`` (ms; one batch per model input by default), ``state(searcher)`` (what
+    ``supermodel.pt`` keeps),
     ``results(result)`` (the search result's own entries of ``result.json``),
     ``extra(report, searched, cfg)`` (the strategy's own report entries) and ``markdown(report)``
     (its own lines of ``report.md``).
@@ -42,7 +44,8 @@ class RunKind:
     searcher: Callable[[Any, Mapping[str, Task], Any, Any, str | None], Any]
     baseline: Callable[[RunConfig, Mapping[str, Task], Any, int], tuple[MultiTaskModel, dict[str, Any]]]
     steps: Callable[[RunConfig], int]
-    latency: Callable[[Sequence[MultiTaskModel], RunConfig], float]
+    latency: Callable[[Sequence[MultiTaskModel], RunConfig], float] = field(
+        default=lambda models, cfg: measure_latency(models, (1, *cfg.backbone.input_shape)))
     state: Callable[[Any], Any] = field(default=lambda searcher: searcher.model.state_dict())
     results: Callable[[Any], dict[str, Any]] = field(default=lambda result: {})
     extra: Callable[[dict[str, Any], Any, RunConfig], dict[str, Any]] = field(default=lambda r, s, c: {})

@@ -119,7 +119,7 @@ def _automtl_steps(cfg: RunConfig) -> int:
 AUTOMTL = RunKind(
     name="automtl", data=lambda cfg: build_dataset(cfg), model=lambda cfg, names: build_model(cfg, names),
     searcher=_automtl_searcher, baseline=lambda cfg, tasks, data, steps: _train_baseline(cfg, tasks, data, steps),
-    steps=_automtl_steps, latency=lambda models, cfg: measure_latency(models, (1, *cfg.backbone.input_shape)))
+    steps=_automtl_steps)
 
 
 # --- running a search into a run directory ------------------------------------------------------------

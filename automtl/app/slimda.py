@@ -171,7 +171,8 @@ def derive_budget(run: str | os.PathLike[str], budget: float, out: str | os.Path
 
 def _derive(model: Any, config: dict[str, Any], images: list[torch.Tensor], budget: float, files: dict[str, Path],
             onnx: bool, candidates: int | None) -> dict[str, Any]:
-    from ..search.slimda_budget import measure_latency, search_budget
+    from ..model.latency import measure_latency
+    from ..search.slimda_budget import search_budget
     from .export import check_onnx, export_onnx
 
     widths = config.get("widths", [0.25, 0.5, 0.75, 1.0])
@@ -183,7 +184,8 @@ def _derive(model: Any, config: dict[str, Any], images: list[torch.Tensor], budg
     files["pt"].parent.mkdir(parents=True, exist_ok=True)
     _staged(files["pt"], lambda p: torch.save(compact, p), lambda p: torch.load(p, weights_only=False))
     record = {k: found[k] for k in ("widths", "flops", "flops_ratio", "upem", "budget", "full_flops")}
-    record.update(params=sum(p.numel() for p in compact.parameters()), latency_ms=measure_latency(compact, (1, *shape)),
+    record.update(params=sum(p.numel() for p in compact.parameters()),
+                  latency_ms=measure_latency(compact, (1, *shape), rounds=30),
                   candidates=len(found["candidates"]), model=str(files["pt"]))
     if onnx:
         _staged(files["onnx"], lambda p: export_onnx(compact, p, shape))

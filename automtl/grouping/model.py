@@ -98,7 +98,7 @@ class GroupedModel(nn.Module):
             "served_by": {t: "+".join(self.networks[k]) for t, k in self.served_by.items()},
         }
         if latency_shape is not None:
-            from ..app.records import measure_latency
+            from ..model.latency import measure_latency
 
             out["latency_ms"] = measure_latency([self], latency_shape)
         return out

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import random
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 from ..model.width import SlimClassifier, SlimmableNet, Widths
 from .slimda_losses import upem
 
-__all__ = ["load_bank", "measure_latency", "sample_under_budget", "save_bank", "search_budget"]
+__all__ = ["load_bank", "sample_under_budget", "save_bank", "search_budget"]
 
 
 @torch.no_grad()
@@ -94,20 +93,6 @@ def search_budget(model: SlimClassifier, widths: Sequence[float], images: Sequen
                        "upem": upem(_logits(model, cfg, images), anchor)})
     best = min(scored, key=lambda r: (r["upem"], -r["flops"]))
     return {**best, "budget": budget, "full_flops": full_flops, "candidates": scored}
-
-
-def measure_latency(module: torch.nn.Module, shape: Sequence[int], rounds: int = 30) -> float:
-    """Median milliseconds of one forward pass of a batch of ``shape`` (after a warm-up pass)."""
-    x = torch.randn(tuple(shape))
-    times = []
-    with torch.inference_mode():
-        module.eval()(x)
-        for _ in range(rounds):
-            t0 = time.perf_counter()
-            module(x)
-            times.append(time.perf_counter() - t0)
-    times.sort()
-    return 1000 * times[len(times) // 2]
 
 
 # --- the bank on disk ------------------------------------------------------------------------------
