@@ -19,8 +19,6 @@ and one output per domain. ``automtl mpnas CONFIG --out DIR`` is the same run.
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -47,20 +45,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def data(cfg: RunConfig) -> Any:
     """The config's data factory called directly (its items are ``{domain: (x, y)}``)."""
     from .config import ConfigError
+    from .config.build import call_data_factory
 
-    ref = cfg.data.factory
-    if ref is None:
+    if cfg.data.factory is None:
         raise ConfigError(f"{cfg.source}: data: mpnas needs multi-domain data from a factory, such as "
                           "data: {factory: 'automtl.train.domains:suite_splits'}")
-    module, _, name = ref.partition(":")
-    function = getattr(importlib.import_module(module), name)
-    params = inspect.signature(function).parameters
-    kwargs = dict(cfg.data.options)
-    if "seed" in params:
-        kwargs.setdefault("seed", cfg.seed)
-    if "tasks" in params:
-        kwargs.setdefault("tasks", tuple(cfg.tasks))
-    return function(**kwargs)
+    return call_data_factory(cfg)
 
 
 def model(cfg: RunConfig, names: Sequence[str] | None = None) -> Any:

@@ -138,18 +138,26 @@ def build_dataset(cfg: RunConfig) -> Any:
         raise ctx_of(cfg).error(("data",), f"data: {said(exc)}") from None
 
 
-def _factory_dataset(cfg: RunConfig) -> Any:
+def call_data_factory(cfg: RunConfig) -> Any:
+    """What the config's ``data.factory`` returns, called with its options (plus the run's ``seed`` and
+    task names where it takes them); a failure to import or call it is one error line."""
     ctx, ref = ctx_of(cfg), cfg.data.factory
     assert ref is not None
-    at: KeyPath = ("data", "factory")
-    function = load_factory(ctx, at, ref)
+    function = load_factory(ctx, ("data", "factory"), ref)
     params, _ = signature(function)
     kwargs = dict(cfg.data.options)
     if "seed" in params:
         kwargs.setdefault("seed", cfg.seed)
     if "tasks" in params:
         kwargs.setdefault("tasks", tuple(cfg.tasks))
-    result = call_factory(ctx, ("data",), function, ref, kwargs)
+    return call_factory(ctx, ("data",), function, ref, kwargs)
+
+
+def _factory_dataset(cfg: RunConfig) -> Any:
+    ctx, ref = ctx_of(cfg), cfg.data.factory
+    assert ref is not None
+    at: KeyPath = ("data", "factory")
+    result = call_data_factory(cfg)
     what = f"data.factory: {clip(ref)}"
     if isinstance(result, list | tuple) and len(result) == 3 and all(_is_dataset(p) for p in result):
         for name, part in zip(("weights", "policy", "val"), result, strict=True):
