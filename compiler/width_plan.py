@@ -66,18 +66,7 @@ class WidthPlan:
         self.check(factors)
         an = self._an
         sizes = an.new_sizes(dict(factors))
-        out: dict[str, torch.Tensor | None] = {}
-        for value, lay in an.layout.items():
-            if lay is None:
-                out[value] = None
-                continue
-            parts, offset = [], 0
-            for s, r in lay:
-                root = an.find(s)
-                parts.append(torch.arange(offset, offset + int(sizes[root] * r)))
-                offset += int(an.size[root] * r)
-            out[value] = torch.cat(parts)
-        return out
+        return {value: None if lay is None else an.keep_index(lay, sizes) for value, lay in an.layout.items()}
 
     def scale(self, factors: Mapping[str, float], graph: Graph | None = None) -> Graph:
         """The thin graph at ``factors`` (checked); with ``graph`` (this plan's graph with weights on its nodes),
