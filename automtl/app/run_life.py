@@ -8,7 +8,7 @@ actions that only process 0 may take hand their result (or their one-line error)
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -82,3 +82,21 @@ def on_first_process(action: Callable[[], Any], rank: int, world: int) -> Any:
     if error is not None:
         raise RunError(error)
     return value
+
+
+def claim(run: RunDir, cfg: Any, command: str, resume: bool, search_files: Sequence[str] = ()) -> dict[str, Any]:
+    """Lock the run (making it when new) and say where to start: ``checkpoint`` (a path, or None), and
+    ``searched`` (the search finished and left ``search_files`` intact: only its report is left to do)."""
+    if not resume:
+        run.create(cfg, command)
+        return {"checkpoint": None, "searched": False}
+    run.acquire()
+    try:
+        run.check_resume(cfg)
+        searched = (bool(search_files) and bool(run.meta().get("searched"))
+                    and not any(run.damaged(n) for n in search_files))
+        checkpoint = None if searched else run.resume_checkpoint()
+    except BaseException:
+        run.release()
+        raise
+    return {"checkpoint": None if checkpoint is None else str(checkpoint), "searched": searched}

@@ -68,7 +68,7 @@ from .records import (
     write_csv,
 )
 from .run_kinds import RUN_KINDS, RunKind, run_kind
-from .run_life import guard_checkpoints, on_first_process, one_line_error, record_failure
+from .run_life import claim, guard_checkpoints, on_first_process, one_line_error, record_failure
 from .rundir import CHECKPOINT, FORMAT, LOCK, META, VERSION, NotWritable, RunDir, RunError
 
 __all__ = ["CHECKPOINT", "FORMAT", "LOCK", "META", "RUN_KINDS", "VERSION", "MetricsWriter", "Row", "RunDir",
@@ -147,7 +147,7 @@ def run_search(cfg: RunConfig, out: str | os.PathLike[str], *, resume: bool = Fa
     if not resume:
         on_first_process(run.check_free, rank, world)  # refused early, nothing changed
     tasks, data, model = build_tasks(cfg), kind.data(cfg), kind.model(cfg, None)
-    plan = on_first_process(lambda: _claim(run, cfg, command, resume), rank, world)
+    plan = on_first_process(lambda: claim(run, cfg, command, resume, SEARCH_FILES), rank, world)
     try:
         searched = _load_search(run, cfg, world, strict=False) if plan["searched"] else None
         if searched is None:
@@ -167,22 +167,6 @@ def run_search(cfg: RunConfig, out: str | os.PathLike[str], *, resume: bool = Fa
     talk("\n" + architecture_note(report))
     talk(f"run directory: {run.path}")
     return report
-
-
-def _claim(run: RunDir, cfg: RunConfig, command: str, resume: bool) -> dict[str, Any]:
-    """Lock the run (making it when new) and say where to start: a checkpoint, or a finished search."""
-    if not resume:
-        run.create(cfg, command)
-        return {"checkpoint": None, "searched": False}
-    run.acquire()
-    try:
-        run.check_resume(cfg)
-        searched = bool(run.meta().get("searched")) and not any(run.damaged(n) for n in SEARCH_FILES)
-        checkpoint = None if searched else run.resume_checkpoint()
-    except BaseException:
-        run.release()
-        raise
-    return {"checkpoint": None if checkpoint is None else str(checkpoint), "searched": searched}
 
 
 @dataclass

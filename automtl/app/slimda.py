@@ -35,7 +35,7 @@ from ..search import distributed as dist_utils
 from ..train.tasks import Classification
 from .config import RunConfig, build_dataset, build_tasks
 from .integrity import StagedFile, os_error_line
-from .run_life import guard_checkpoints, on_first_process, record_failure
+from .run_life import claim, guard_checkpoints, on_first_process, record_failure
 from .rundir import CHECKPOINT, META, NotWritable, RunDir, RunError
 
 BANK = "slimda.pt"
@@ -63,7 +63,7 @@ def run_slimda(cfg: RunConfig, out: str | os.PathLike[str], *, resume: bool = Fa
         torch.manual_seed(cfg.seed)
         model = build_slim_classifier(b.name, task.num_classes, input_shape=tuple(b.input_shape),
                                       trunk_output=b.trunk_output, task=name)
-    checkpoint = on_first_process(lambda: _claim(run, cfg, resume), rank, world)
+    checkpoint = on_first_process(lambda: claim(run, cfg, "search", resume), rank, world)["checkpoint"]
     try:
         searcher = SlimDASearcher(model, {name: task}, data, search)
         if checkpoint is not None:
@@ -94,21 +94,6 @@ def run_slimda(cfg: RunConfig, out: str | os.PathLike[str], *, resume: bool = Fa
         f"{100 * small['target_accuracy']:.1f}% (smallest, {small['flops']:,} FLOPs); bank {run / BANK}; "
         f"`automtl derive {run.path} --budget 0.25` picks a network per budget")
     return result
-
-
-def _claim(run: RunDir, cfg: RunConfig, resume: bool) -> str | None:
-    """Lock the run (making it when new); the checkpoint to resume from, if any."""
-    if not resume:
-        run.create(cfg, "search")
-        return None
-    run.acquire()
-    try:
-        run.check_resume(cfg)
-        checkpoint = run.resume_checkpoint()
-    except BaseException:
-        run.release()
-        raise
-    return None if checkpoint is None else str(checkpoint)
 
 
 def _result(searcher: Any, model: Any, search: Any) -> dict[str, Any]:
