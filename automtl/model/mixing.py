@@ -12,6 +12,7 @@ task-major. Every module here takes ``(x, gates, shared_input)``; ``gates`` is `
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -48,10 +49,7 @@ class _MixBanks(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, g: torch.Tensor, *banks: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(g, *banks)
-        w = banks[0] * g[:, 0:1]
-        for k in range(1, len(banks)):
-            w.addcmul_(g[:, k : k + 1], banks[k])
-        return w
+        return _mixture(g, banks)
 
     @staticmethod
     def backward(ctx: Any, dw: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -79,8 +77,12 @@ def mix_banks(g: torch.Tensor, banks: list[torch.Tensor]) -> torch.Tensor:
     """Per-task mixture ``(T, N)`` of weight banks (``(1, N)`` or ``(T, N)``) with gates ``g (T, K)``."""
     if g.shape[0] * banks[0].shape[-1] >= MIX_BANKS_MIN:
         return _MixBanks.apply(g, *banks)
-    # smaller banks: torch's own ops (cheaper to call); a shared bank as an outer product, whose
-    # backward is two matrix-vector products instead of a temporary and a reduction per input
+    return _mixture(g, banks)  # smaller banks: autograd through torch's own ops (cheaper to call)
+
+
+def _mixture(g: torch.Tensor, banks: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The mixture itself. A shared bank enters as an outer product: under autograd its backward is
+    two matrix-vector products instead of a temporary and a reduction per input."""
     w: torch.Tensor | None = None
     with torch.autocast(g.device.type, enabled=False):  # weights are mixed in their own precision
         for k, bank in enumerate(banks):
