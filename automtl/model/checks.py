@@ -65,12 +65,12 @@ def check_untyped(model: SuperModel, trunk: fx.GraphModule | None = None, graph:
     emitted from the same backbone (the multi-domain one, where every value is stacked: it is
     checked when first made, and warns nothing again).
     """
-    first = trunk is None
-    trunk, graph = (model.trunk, model.mtl_graph) if trunk is None or graph is None else (trunk, graph)
+    if trunk is None or graph is None:
+        trunk, graph = model.trunk, model.mtl_graph
+        for node in graph:
+            if node.kind in UNTYPED:
+                _warn_weights(node)
     untyped = [n for n in graph if n.kind in UNTYPED]
-    if first:
-        for node in untyped:
-            _warn_weights(node)
     stacked = getattr(graph, "stacked", {})
     risky = {n.name for n in untyped if any(stacked.get(i, False) for i in n.inputs)}
     if risky and len(model.task_names) > 1:

@@ -43,9 +43,9 @@ def pass_slices(trunk: fx.GraphModule, graph: Graph) -> None:
         if not isinstance(norm, TaskBatchNorm) or len(n.users) != 1:
             continue
         (act,) = n.users
-        kind = graph[fx_to_ir[act.name]].kind if act.name in fx_to_ir else None
-        if (act.op != "call_function" or act.args != (n,) or kind is None or not get(kind).elementwise
-                or len(graph[fx_to_ir[act.name]].inputs) != 1):
+        ir = graph[fx_to_ir[act.name]] if act.name in fx_to_ir else None
+        if (act.op != "call_function" or act.args != (n,) or ir is None or not get(ir.kind).elementwise
+                or len(ir.inputs) != 1):
             continue
         fused = (act.target, dict(act.kwargs))
         if norm.activation is not None and norm.activation != fused:
