@@ -1,7 +1,9 @@
 """MPNAS against its baselines on the built-in multi-domain suite, at an equal training budget.
 
-    python benchmarks/mpnas_quality.py --quick                 # the quick table: 3 seeds, under 10 min on 1 core
-    python benchmarks/mpnas_quality.py --quick --seeds 1 --smoke   # a minute: the script runs end to end
+    python benchmarks/mpnas_quality.py --quick --jobs 3        # the quick table: 3 seeds in 3 processes
+    python benchmarks/mpnas_quality.py --quick --seeds 0 --smoke   # seconds: the script runs end to end
+    python benchmarks/mpnas_quality.py --quick --seeds 0 --json s0.json   # one seed's raw results ...
+    python benchmarks/mpnas_quality.py --merge s0.json s1.json s2.json    # ... and one table of several
     python benchmarks/mpnas_quality.py                         # the larger table (32x32, more steps)
 
 Data: :func:`automtl.train.domains.domain_suite` (digits, textures, shapes, scenes, glyphs), every
@@ -25,10 +27,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
+import multiprocessing
 import platform
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -194,65 +199,112 @@ def targets(results: list[dict[str, Any]]) -> list[str]:
     return [f"| {what} | {'met' if ok else '**not met**'} | {value} |" for what, ok, value in checks]
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="16x16 images, fewer steps (the quick table)")
-    ap.add_argument("--smoke", action="store_true", help="a few steps only: checks the script runs")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--shared-bn", action="store_true",
-                    help="shared blocks share their batch norms too (default: each domain its own, 'domain_block')")
-    ap.add_argument("--steps", type=int, default=None, help="training steps of every final model (default 300 / 1200)")
-    ap.add_argument("--search-steps", type=int, default=None, help="steps of each search (default 900 / 1500)")
-    ap.add_argument("--recalibrate", type=int, default=20, metavar="N",
-                    help="batch-norm statistics recomputed over N training batches after training (0: as trained)")
-    ap.add_argument("--out", type=Path, default=None, help="write the markdown here (default: print)")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    args.domain_bn = not args.shared_bn
-    size, n_train, n_val = (16, 400, 200) if args.quick else (32, 800, 300)
-    args.width = 8 if args.quick else 16
-    steps, search_steps = (300, 900) if args.quick else (1200, 1500)
-    args.steps = steps if args.steps is None else args.steps
-    args.search_steps = search_steps if args.search_steps is None else args.search_steps
-    if args.smoke:
-        args.steps, args.search_steps, n_train, n_val = 4, 4, 32, 16
-    args.batch, args.lr, args.policy_lr, args.beta, args.cost_target = 16, 3e-3, 0.05, -0.1, 0.5
-    start = time.perf_counter()
-    suite = domain_suite(size, n_train, n_val, seed=0)
-    results, infos = [], []
-    for seed in range(args.seeds):
-        r, info = run_seed(suite, args, seed)
-        results.append(r)
-        infos.append(info)
-        print(f"seed {seed}: " + ", ".join(f"{k} {v['mean']:.3f}" for k, v in r.items()), file=sys.stderr)
-    minutes = (time.perf_counter() - start) / 60
-    domains = list(suite.tasks)
-    lines = [f"Suite {size}x{size}, {n_train} training / {n_val} validation images per domain; SmallResNet width "
-             f"{args.width}; final models {args.steps} steps, searches {args.search_steps} steps (+); batch "
-             f"{args.batch} per domain, Adam lr {args.lr}; reward absolute, beta {args.beta}, FLOPs target "
-             f"{args.cost_target} of the full path; batch norms {'shared' if args.shared_bn else 'per domain'} in "
-             f"shared blocks, their statistics "
-             + (f"recomputed over {args.recalibrate} training batches after training" if args.recalibrate else
-                "as trained") + f"; {args.seeds} seed(s); {minutes:.1f} min on "
-             f"{platform.machine()} ({torch.get_num_threads()} thread). Accuracy on the validation images.", "",
+def report(results: list[dict[str, Any]], infos: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    """The markdown: the setting, the table over seeds, the targets, the first seed's paths and Jaccard matrix."""
+    domains = list(results[0]["independent"]["acc"])
+    lines = [f"Suite {meta['size']}x{meta['size']}, {meta['n_train']} training / {meta['n_val']} validation images per "
+             f"domain; SmallResNet width {meta['width']}; final models {meta['steps']} steps, searches "
+             f"{meta['search_steps']} steps (+); batch {meta['batch']} per domain, Adam lr {meta['lr']}; reward "
+             f"absolute, beta {meta['beta']}, FLOPs target {meta['cost_target']} of the full path; batch norms "
+             f"{'shared' if meta['shared_bn'] else 'per domain'} in shared blocks, their statistics "
+             + (f"recomputed over {meta['recalibrate']} training batches after training" if meta["recalibrate"] else
+                "as trained") + f"; seeds {', '.join(map(str, meta['seeds']))}; {meta['minutes']:.1f} min on "
+             f"{meta['machine']} (1 thread per seed). Accuracy on the validation images.", "",
              *table(results, domains), "", "| target | | measured |", "|---|---|---|", *targets(results), ""]
     info = infos[0]
     blocks = info["blocks"]
-    lines += [f"Seed 0, MPNAS paths (1 = the block runs) over {', '.join(blocks)}:", "",
+    lines += [f"Seed {meta['seeds'][0]}, MPNAS paths (1 = the block runs) over {', '.join(blocks)}:", "",
               "| domain | " + " | ".join(blocks) + " | P(block) |", "|---|" + "---|" * (len(blocks) + 1)]
     for d, probs in zip(domains, info["probs"], strict=True):
         cells = ["1" if b in info["paths"][d] else "0" for b in info["blocks"]]
         lines.append(f"| {d} | " + " | ".join(cells) + " | " + ", ".join(f"{p:.2f}" for p in probs) + " |")
-    lines += ["", "Jaccard similarity of the domains' block sets (seed 0):", "",
+    lines += ["", f"Jaccard similarity of the domains' block sets (seed {meta['seeds'][0]}):", "",
               "| | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
     for a in domains:
         lines.append(f"| {a} | " + " | ".join(f"{info['jaccard'][a][b]:.2f}" for b in domains) + " |")
-    text = "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n"
+
+
+def merge(paths: list[Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """Several runs' raw results (``--json``, e.g. one process per seed) as one: seeds in order, minutes summed."""
+    parts = sorted((json.loads(p.read_text()) for p in paths), key=lambda r: r["meta"]["seeds"][0])
+    meta = dict(parts[0]["meta"])
+    setting = {k: v for k, v in meta.items() if k not in ("seeds", "minutes")}
+    for part in parts[1:]:
+        other = {k: v for k, v in part["meta"].items() if k not in ("seeds", "minutes")}
+        if other != setting:
+            raise SystemExit(f"--merge: the runs differ in their setting: {setting} vs {other}")
+    meta["seeds"] = [s for p in parts for s in p["meta"]["seeds"]]
+    meta["minutes"] = sum(p["meta"]["minutes"] for p in parts)
+    return [r for p in parts for r in p["results"]], [i for p in parts for i in p["infos"]], meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="16x16 images, fewer steps (the quick table)")
+    ap.add_argument("--smoke", action="store_true", help="a few steps only: checks the script runs")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--jobs", type=int, default=1, help="seeds run in this many processes at once (one thread each)")
+    ap.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate of every search and training")
+    ap.add_argument("--width", type=int, default=None, help="SmallResNet width (default 32)")
+    ap.add_argument("--shared-bn", action="store_true",
+                    help="shared blocks share their batch norms too (default: each domain its own, 'domain_block')")
+    ap.add_argument("--steps", type=int, default=None, help="training steps of every final model (default 600 / 1200)")
+    ap.add_argument("--search-steps", type=int, default=None, help="steps of each search (default 900 / 1500)")
+    ap.add_argument("--recalibrate", type=int, default=20, metavar="N",
+                    help="batch-norm statistics recomputed over N training batches after training (0: as trained)")
+    ap.add_argument("--out", type=Path, default=None, help="write the markdown here (default: print)")
+    ap.add_argument("--json", type=Path, default=None, help="write the raw results here (for --merge)")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                    help="no run: one table from the raw results of several runs (e.g. one process per seed)")
+    args = ap.parse_args(argv)
+    if args.merge:
+        text = report(*merge(args.merge))
+    else:
+        text = run(args)
     if args.out is not None:
         args.out.write_text(text)
     print(text)
     return 0
+
+
+def _seed_job(args: argparse.Namespace, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One seed's results (its own process with ``--jobs``: the suite is made again there, deterministically)."""
+    torch.set_num_threads(args.threads)
+    r, info = run_seed(domain_suite(*args.suite, seed=0), args, seed)
+    print(f"seed {seed}: " + ", ".join(f"{k} {v['mean']:.3f}" for k, v in r.items()), file=sys.stderr, flush=True)
+    return r, info
+
+
+def run(args: argparse.Namespace) -> str:
+    torch.set_num_threads(args.threads)
+    args.domain_bn = not args.shared_bn
+    size, n_train, n_val = (16, 400, 200) if args.quick else (32, 800, 300)
+    args.width = 32 if args.width is None else args.width
+    steps, search_steps = (600, 900) if args.quick else (1200, 1500)
+    args.steps = steps if args.steps is None else args.steps
+    args.search_steps = search_steps if args.search_steps is None else args.search_steps
+    if args.smoke:
+        args.steps, args.search_steps, n_train, n_val = 4, 4, 32, 16
+    args.batch, args.policy_lr, args.beta, args.cost_target = 16, 0.05, -0.1, 0.5
+    start = time.perf_counter()
+    args.suite = (size, n_train, n_val)
+    if args.jobs > 1:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
+            done = list(pool.map(_seed_job, [args] * len(args.seeds), args.seeds))
+    else:
+        done = [_seed_job(args, seed) for seed in args.seeds]
+    results, infos = [r for r, _ in done], [i for _, i in done]
+    meta = {"size": size, "n_train": n_train, "n_val": n_val, "width": args.width, "steps": args.steps,
+            "search_steps": args.search_steps, "batch": args.batch, "lr": args.lr, "beta": args.beta,
+            "cost_target": args.cost_target, "shared_bn": args.shared_bn, "recalibrate": args.recalibrate,
+            "seeds": list(args.seeds), "minutes": (time.perf_counter() - start) / 60, "machine": platform.machine()}
+    if args.json is not None:
+        args.json.write_text(json.dumps({"meta": meta, "results": results, "infos": infos},
+                                        default=lambda o: sorted(o) if isinstance(o, (set, frozenset)) else str(o)))
+    return report(results, infos, meta)
 
 
 if __name__ == "__main__":

@@ -49,21 +49,19 @@ PAIRS = {"digits": (domain_shift_digits, "digit", 10, (1, 8, 8)),
          "shapes": (domain_shift_shapes, SHAPE_TASK, len(SHAPES), (3, 16, 16))}
 
 
-def backbone(channels: int = 1) -> nn.Module:
-    """A small CNN (four conv layers with batch norm, global pool)."""
-    return nn.Sequential(
-        nn.Conv2d(channels, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, padding=1, stride=2), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.Conv2d(64, 128, 3, padding=1, stride=2), nn.BatchNorm2d(128), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-    )
+def backbone(channels: int = 1, widths: tuple[int, ...] = (16, 32, 32, 64)) -> nn.Module:
+    """A small CNN (four conv layers with batch norm, global pool; the 2nd and 4th stride 2)."""
+    layers: list[nn.Module] = []
+    for i, w in enumerate(widths):
+        layers += [nn.Conv2d(channels, w, 3, padding=1, stride=2 if i % 2 else 1), nn.BatchNorm2d(w), nn.ReLU()]
+        channels = w
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
 def make(method: str, seed: int, args: argparse.Namespace, data: Any) -> SlimDASearcher:
     _, task, classes, shape = PAIRS[args.pair]
     torch.manual_seed(seed)
-    model = build_slim_classifier(backbone(shape[0]), classes, input_shape=shape, task=task)
+    model = build_slim_classifier(backbone(shape[0], tuple(args.channels)), classes, input_shape=shape, task=task)
     cfg = SlimDAConfig(method=method, steps=args.steps, widths=args.widths, model_batch=args.model_batch,
                        batch_size=args.batch, eval_batch_size=256, weight_lr=args.lr, seed=seed, quiet=True,
                        calibration_batches=4, budget_candidates=args.candidates)
@@ -267,6 +265,8 @@ def main() -> None:
                         "(generated; 4000 target test images)")
     p.add_argument("--source", type=int, default=300 if quick else 3000, help="source images generated")
     p.add_argument("--widths", type=float, nargs="+", default=[0.125, 0.25, 0.5, 0.75, 1.0])
+    p.add_argument("--channels", type=int, nargs=4, default=[16, 32, 32, 64],
+                   help="output channels of the CNN's four conv layers (the largest network)")
     p.add_argument("--model-batch", type=int, default=4)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
