@@ -52,11 +52,12 @@ from automtl.train.tasks import classification_head
 METHODS = ("independent", "single-path multi-head", "multi-head search", "MPNAS equal", "MPNAS ABDP")
 
 
-def supermodel(suite: DomainSuite, domains: list[str], seed: int, args: argparse.Namespace) -> Any:
+def supermodel(suite: DomainSuite, domains: list[str], seed: int, args: argparse.Namespace,
+               kernels: tuple[int, ...] = ()) -> Any:
     torch.manual_seed(seed)
     heads = {d: classification_head(args.width * 2, suite.num_classes[d]) for d in domains}
     return build_blocks(SmallResNet(args.width, 2, 2), heads, input_shape=(3, suite.size, suite.size),
-                        domain_bn=args.domain_bn and len(domains) > 1)
+                        domain_bn=args.domain_bn and len(domains) > 1, kernels=kernels)
 
 
 def train(model: Any, pick: torch.Tensor, suite: DomainSuite, domains: list[str], args: argparse.Namespace,
@@ -133,7 +134,7 @@ def run_seed(suite: DomainSuite, args: argparse.Namespace, seed: int) -> tuple[d
     # the searches
     info: dict[str, Any] = {}
     for controller, names in (("shared", ("multi-head search",)), ("per_domain", ("MPNAS equal", "MPNAS ABDP"))):
-        model = supermodel(suite, domains, seed, args)
+        model = supermodel(suite, domains, seed, args, tuple(args.kernels))
         cfg = MPNASConfig(search_steps=args.search_steps, train_steps=0, batch_size=args.batch, weight_lr=args.lr,
                           policy_lr=args.policy_lr, cost_kind="flops", cost_target=args.cost_target,
                           beta=args.beta, controller=controller, seed=seed, quiet=True)
@@ -153,8 +154,9 @@ def run_seed(suite: DomainSuite, args: argparse.Namespace, seed: int) -> tuple[d
 
             paths = block_paths(model, arch)
             info = {"paths": paths, "sharing": sharing(model, arch), "jaccard": jaccard(paths),
-                    "probs": searcher.controller.probabilities().detach()[..., 0].tolist(),
-                    "blocks": [c.node for c in model.choices]}
+                    "probs": (1 - searcher.controller.probabilities().detach()[..., 1]).tolist(),  # P(runs)
+                    "blocks": [c.node for c in model.choices],
+                    "options": {d: {c.node: arch.branch(c.node, d) for c in model.choices} for d in domains}}
     return out, info
 
 
@@ -205,7 +207,9 @@ def report(results: list[dict[str, Any]], infos: list[dict[str, Any]], meta: dic
     lines = [f"Suite {meta['size']}x{meta['size']}, {meta['n_train']} training / {meta['n_val']} validation images per "
              f"domain; SmallResNet width {meta['width']}; final models {meta['steps']} steps, searches "
              f"{meta['search_steps']} steps (+); batch {meta['batch']} per domain, Adam lr {meta['lr']}; reward "
-             f"absolute, beta {meta['beta']}, FLOPs target {meta['cost_target']} of the full path; batch norms "
+             f"absolute, beta {meta['beta']}, FLOPs target {meta['cost_target']} of the full path; "
+             + (f"the searches also offer every block at kernel {', '.join(map(str, meta['kernels']))}; "
+                if meta.get("kernels") else "") + "batch norms "
              f"{'shared' if meta['shared_bn'] else 'per domain'} in shared blocks, their statistics "
              + (f"recomputed over {meta['recalibrate']} training batches after training" if meta["recalibrate"] else
                 "as trained") + f"; seeds {', '.join(map(str, meta['seeds']))}; {meta['minutes']:.1f} min on "
@@ -214,9 +218,12 @@ def report(results: list[dict[str, Any]], infos: list[dict[str, Any]], meta: dic
     info = infos[0]
     blocks = info["blocks"]
     lines += [f"Seed {meta['seeds'][0]}, MPNAS paths (1 = the block runs) over {', '.join(blocks)}:", "",
-              "| domain | " + " | ".join(blocks) + " | P(block) |", "|---|" + "---|" * (len(blocks) + 1)]
+              "| domain | " + " | ".join(blocks) + f" | {'P(runs)' if meta.get('kernels') else 'P(block)'} |",
+              "|---|" + "---|" * (len(blocks) + 1)]
     for d, probs in zip(domains, info["probs"], strict=True):
-        cells = ["1" if b in info["paths"][d] else "0" for b in info["blocks"]]
+        picked = info.get("options", {}).get(d, {})
+        cells = [picked.get(b, "block").replace("block", "1").replace("zero", "0") if b in picked else
+                 "1" if b in info["paths"][d] else "0" for b in info["blocks"]]
         lines.append(f"| {d} | " + " | ".join(cells) + " | " + ", ".join(f"{p:.2f}" for p in probs) + " |")
     lines += ["", f"Jaccard similarity of the domains' block sets (seed {meta['seeds'][0]}):", "",
               "| | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
@@ -247,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--jobs", type=int, default=1, help="seeds run in this many processes at once (one thread each)")
     ap.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate of every search and training")
+    ap.add_argument("--kernels", type=int, nargs="*", default=[],
+                    help="the searches also offer each block at these kernels (e.g. 5 7); the baselines run the block")
     ap.add_argument("--width", type=int, default=None, help="SmallResNet width (default 32)")
     ap.add_argument("--shared-bn", action="store_true",
                     help="shared blocks share their batch norms too (default: each domain its own, 'domain_block')")
@@ -299,7 +308,8 @@ def run(args: argparse.Namespace) -> str:
     results, infos = [r for r, _ in done], [i for _, i in done]
     meta = {"size": size, "n_train": n_train, "n_val": n_val, "width": args.width, "steps": args.steps,
             "search_steps": args.search_steps, "batch": args.batch, "lr": args.lr, "beta": args.beta,
-            "cost_target": args.cost_target, "shared_bn": args.shared_bn, "recalibrate": args.recalibrate,
+            "cost_target": args.cost_target, "shared_bn": args.shared_bn,
+            "kernels": list(args.kernels), "recalibrate": args.recalibrate,
             "seeds": list(args.seeds), "minutes": (time.perf_counter() - start) / 60, "machine": platform.machine()}
     if args.json is not None:
         args.json.write_text(json.dumps({"meta": meta, "results": results, "infos": infos},

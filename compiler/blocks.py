@@ -35,7 +35,7 @@ from .ir import Graph, Node, Shape
 from .mtl import _mtl_flops, _mtl_infer, _mtl_module, _mtl_params
 from .ops import OpKind, ShapeError, register
 
-__all__ = ["block_region", "collapse_blocks"]
+__all__ = ["block_region", "collapse_blocks", "kernel_variant", "with_kernel_variants"]
 
 
 def block_region(graph: Graph, block: str) -> tuple[list[str], str, str]:
@@ -108,6 +108,58 @@ def collapse_blocks(graph: Graph, blocks: Sequence[str]) -> Graph:
         new.outputs = [block if o == exit_ else o for o in out.outputs]
         out = infer(new)
     return out if blocks else graph.copy()
+
+
+def kernel_variant(sub: Graph, kernel: int) -> Graph | None:
+    """A copy of a block's region graph whose spatial convolutions use ``kernel`` x ``kernel``
+    (MobileNetV3-like search spaces vary the kernel of a block), or ``None`` if none can.
+
+    A convolution varies when its kernel is square and larger than 1, with "same" padding
+    (``kernel // 2``), dilation 1: its padding becomes ``kernel // 2``, so every shape in the
+    block stays what it was and the block remains a drop-in for the original. Params and FLOPs are
+    inferred again (exact); the weights are new (codegen initialises them).
+    """
+    from .passes import infer
+
+    if kernel < 1 or kernel % 2 == 0:
+        raise ValueError(f"kernel variants: a kernel must be odd and positive (same padding), got {kernel}")
+    out = sub.copy()
+    changed = False
+    for node in out:
+        a = node.attrs
+        if node.kind != "conv2d":
+            continue
+        k = tuple(a["kernel_size"])
+        if k[0] != k[1] or k[0] == 1 or tuple(a["padding"]) != (k[0] // 2, k[0] // 2) or \
+                tuple(a["dilation"]) != (1, 1):
+            continue
+        if k[0] != kernel:
+            node.attrs = {**a, "kernel_size": (kernel, kernel), "padding": (kernel // 2, kernel // 2)}
+            node.tensors = {key: v for key, v in node.tensors.items() if key != "weight"}  # a new kernel
+            changed = True
+    if not changed:
+        return None
+    out.name = f"{sub.name}.k{kernel}"
+    return infer(out)
+
+
+def with_kernel_variants(graph: Graph, kernels: Sequence[int]) -> Graph:
+    """A copy of ``graph`` (its blocks collapsed) where each skippable ``block`` node (input and output
+    shapes equal) also holds its kernel variants, ``attrs["variants"] = {"k5": region, ...}`` (only
+    kernels that change the block);
+    the block choice kind offers them as options beside the block itself and the zero block."""
+    out = graph.copy()
+    for node in out:
+        if node.kind != "block" or tuple(out[node.inputs[0]].shape) != tuple(node.shape):
+            continue  # only a block that a path may skip is a choice, and so can have variants
+        variants = {}
+        for k in kernels:
+            v = kernel_variant(node.attrs["graph"], int(k))
+            if v is not None:
+                variants[f"k{int(k)}"] = v
+        if variants:
+            node.attrs = {**node.attrs, "variants": variants}
+    return out
 
 
 # --- the operator kinds ------------------------------------------------------------------------

@@ -135,7 +135,7 @@ def _mtl_infer(node: Node, shapes: list[Shape]) -> Shape:
 
 def _mtl_params(node: Node, shapes: list[Shape]) -> int:
     base = get(node.attrs["base_kind"]).params(node, shapes[:1])
-    return base * node.attrs["param_copies"]
+    return int(round(base * node.attrs["param_copies"]))
 
 
 def _mtl_flops(node: Node, shapes: list[Shape], out: Shape) -> int:

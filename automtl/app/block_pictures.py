@@ -40,8 +40,9 @@ def block_grid(architecture: Architecture) -> tuple[list[str], list[list[str]]]:
     for t in architecture.tasks:
         row = []
         for b in blocks:
-            users = sum(per != "zero" for per in architecture.choices[b].values())
-            row.append("skipped" if architecture.choices[b][t] == "zero" else "shared" if users > 1 else "specific")
+            mine = architecture.choices[b][t]
+            users = sum(per == mine for per in architecture.choices[b].values())  # the same bank (block or variant)
+            row.append("skipped" if mine == "zero" else "shared" if users > 1 else "specific")
         rows.append(row)
     return blocks, rows
 
@@ -77,6 +78,10 @@ def block_paths_picture(architecture: Architecture, path: str | os.PathLike, dpi
     ax.set_xticks(range(len(blocks)), blocks, rotation=60, ha="right", rotation_mode="anchor", fontsize=8)
     for spine in ax.spines.values():
         spine.set_visible(False)
+    for j, t in enumerate(tasks):  # a kernel variant's name on its cells
+        for i, b in enumerate(blocks):
+            if architecture.choices[b][t] not in ("block", "zero"):
+                ax.text(i, j, architecture.choices[b][t], ha="center", va="center", fontsize=7, color="white")
     dropped = sum(all(r[i] == "skipped" for r in rows) for i in range(len(blocks)))
     fig.legend(handles=[Patch(facecolor=STATUS_COLOURS[s], label=s) for s in STATUS], loc="outside lower center",
                ncols=3, frameon=False, fontsize=9)

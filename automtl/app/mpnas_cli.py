@@ -58,7 +58,7 @@ def model(cfg: RunConfig, names: Sequence[str] | None = None) -> Any:
     from ..model.blocks import with_blocks
     from .config import build_model
 
-    return with_blocks(build_model(cfg, names), domain_bn=cfg.search.domain_bn)
+    return with_blocks(build_model(cfg, names), domain_bn=cfg.search.domain_bn, kernels=cfg.search.kernels or ())
 
 
 def _searcher(supermodel: Any, tasks: Mapping[str, Task], data: Any, config: Any, checkpoint: str | None) -> Any:
@@ -95,9 +95,9 @@ def _extra(report: dict[str, Any], searched: Any, cfg: RunConfig) -> dict[str, A
     tasks = list(arch.tasks)
     blocks, grid = block_grid(arch)
     status = {}
-    for i, b in enumerate(blocks):
-        users = sum(row[i] != "skipped" for row in grid)
-        status[b] = "shared" if users > 1 else "specific" if users else "dropped"
+    for i, b in enumerate(blocks):  # shared: one bank (the block or a kernel variant) runs for several domains
+        cells = [row[i] for row in grid]
+        status[b] = "shared" if "shared" in cells else "specific" if "specific" in cells else "dropped"
     matrix = block_jaccard(arch)
     jaccard = {a: {b: matrix[i][j] for j, b in enumerate(tasks)} for i, a in enumerate(tasks)}
     runs = sum(s != "skipped" for row in grid for s in row)
@@ -113,7 +113,9 @@ def _extra(report: dict[str, Any], searched: Any, cfg: RunConfig) -> dict[str, A
                for t, row in zip(tasks, grid, strict=True)]
     summary = [f"paths over {', '.join(blocks)} (x runs the block, . skips it):", *summary, "Jaccard similarity:"]
     summary += [f"  {a}: " + " ".join(f"{jaccard[a][b]:.2f}" for b in tasks) for a in tasks]
+    variants = {t: {b: per[t] for b, per in arch.choices.items() if per[t] not in ("block", "zero")} for t in tasks}
     return {"paths": block_sets(arch), "blocks": status, "jaccard": jaccard, "architecture": words,
+            "variants": {t: v for t, v in variants.items() if v},
             "shared_fraction": shared / max(runs, 1), "trivial": None,  # the words say it (no fine-tuning here)
             "search_steps": cfg.search.search_steps, "summary": summary}
 
@@ -125,7 +127,9 @@ def _markdown(report: Mapping[str, Any]) -> list[str]:
                  f"{report['baseline_steps']} training steps every model took)", "",
              "| domain | " + " | ".join(blocks) + " |", "|---|" + "---|" * len(blocks)]
     for t in tasks:
-        lines.append(f"| {t} | " + " | ".join("runs" if b in report["paths"][t] else "skips" for b in blocks) + " |")
+        variant = report.get("variants", {}).get(t, {})
+        lines.append(f"| {t} | " + " | ".join(("runs " + variant[b] if b in variant else "runs")
+                                             if b in report["paths"][t] else "skips" for b in blocks) + " |")
     lines.append("| status | " + " | ".join(report["blocks"][b] for b in blocks) + " |")
     lines += ["", "Jaccard similarity of the domains' block sets:", "", "| | " + " | ".join(tasks) + " |",
               "|---|" + "---|" * len(tasks)]

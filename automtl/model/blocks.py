@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..compiler.blocks import DomainBlocks, collapse_blocks
+from ..compiler.blocks import DomainBlocks, collapse_blocks, with_kernel_variants
 from ..compiler.codegen import build_module, codegen
 from ..compiler.ir import Graph, Node, Shape
 from ..compiler.mtl import Choice, MTLOptions, Option
@@ -49,11 +49,13 @@ def block_option(node_name: str) -> Option:
 
 
 class BlockModule(nn.Module):
-    """Runs one block for every task: ``y_t = g_t,block · block(x_t) + g_t,zero · x_t``.
+    """Runs one block for every task: ``y_t = Σ_j g_t,j · block_j(x_t) + g_t,zero · x_t``.
 
-    The block runs once, on the tasks whose ``block`` gate is not zero, stacked (one batch: batch
-    norm sees them together, as the shared block it is); with a shared input it runs once for all.
-    Gates that carry a gradient (a relaxed policy) always run the block for every task.
+    ``block_j`` is the block itself (option 0) or one of its kernel variants (options 2, 3, ...;
+    option 1 is the zero block). Each runs once, on the tasks whose gate for it is not zero,
+    stacked (one batch: batch norm sees them together, as the shared block it is); with a shared
+    input it runs once for all. Gates that carry a gradient (a relaxed policy) run every option
+    for every task.
     """
 
     def __init__(self, node: Node, in_shape: Shape, domain_bn: bool = False) -> None:
@@ -61,65 +63,88 @@ class BlockModule(nn.Module):
         a = node.attrs
         self.index, self.tasks, self.options = a["index"], a["tasks"], len(a["options"])
         self.domain_bn = domain_bn
-        self.block = DomainBlocks(a["graph"], self.tasks) if domain_bn else codegen(a["graph"], build_module, "Block")
+
+        def make(graph: Graph) -> nn.Module:
+            return DomainBlocks(graph, self.tasks) if domain_bn else codegen(graph, build_module, "Block")
+
+        self.block = make(a["graph"])
+        self.variants = nn.ModuleList(make(g) for g in a.get("variants", {}).values())
         self.name = node.name
+
+    def _run(self, block: nn.Module, xs: list[torch.Tensor], x: torch.Tensor, active: list[int],
+             shared_input: bool) -> list[torch.Tensor | None]:
+        """``block`` on the active tasks' inputs: one call on their stacked batch (or on the shared input)."""
+        T = self.tasks
+        if not active:
+            return [None] * T
+        if self.domain_bn:
+            return [block(xs[t], t) if t in active else None for t in range(T)]
+        if shared_input:
+            return [block(x)] * T
+        ys: list[torch.Tensor | None] = [None] * T
+        run = block(torch.cat([xs[t] for t in active]))
+        for t, part in zip(active, run.chunk(len(active)), strict=True):
+            ys[t] = part
+        return ys
 
     def forward(self, x: torch.Tensor, gates: torch.Tensor, shared_input: bool) -> torch.Tensor:
         T = self.tasks
         g = gates[:, self.index, : self.options]
-        on = g[:, 0]
         zero = g[:, 1] if self.options > 1 else None
         relaxed = g.requires_grad
-        active = [t for t in range(T) if relaxed or bool(on[t] != 0)]
-        if self.domain_bn:
-            if shared_input:
-                raise ValueError(f"block {self.name!r} has per-domain batch norms (choice kind 'domain_block'): "
-                                 "it needs one input per domain, model({domain: x})")
-            xs = list(x.chunk(T))
-            ys = [self.block(xs[t], t) if t in active else None for t in range(T)]
-        elif shared_input:
-            y = self.block(x) if active else None
-            xs = [x] * T
-            ys = [y] * T
-        else:
-            xs = list(x.chunk(T))
-            ys = [None] * T
-            if active:
-                run = self.block(torch.cat([xs[t] for t in active]))
-                for t, part in zip(active, run.chunk(len(active)), strict=True):
-                    ys[t] = part
-        outs = []
+        if self.domain_bn and shared_input:
+            raise ValueError(f"block {self.name!r} has per-domain batch norms (choice kind 'domain_block'): "
+                             "it needs one input per domain, model({domain: x})")
+        xs = [x] * T if shared_input else list(x.chunk(T))
+        outs: list[torch.Tensor | None] = [None] * T
+        for j, block in [(0, self.block), *((2 + i, v) for i, v in enumerate(self.variants))]:
+            on = g[:, j]
+            ys = self._run(block, xs, x, [t for t in range(T) if relaxed or bool(on[t] != 0)], shared_input)
+            for t in range(T):
+                if ys[t] is not None:
+                    part = on[t].to(xs[t].dtype) * ys[t]
+                    outs[t] = part if outs[t] is None else outs[t] + part
         for t in range(T):
-            out = on[t].to(xs[t].dtype) * ys[t] if ys[t] is not None else None
             if zero is not None and (relaxed or bool(zero[t] != 0)):
                 skip = zero[t].to(xs[t].dtype) * xs[t]
-                out = skip if out is None else out + skip
-            outs.append(out if out is not None else torch.zeros_like(xs[t]))
-        return torch.cat(outs)
+                outs[t] = skip if outs[t] is None else outs[t] + skip
+        return torch.cat([o if o is not None else torch.zeros_like(xs[t]) for t, o in enumerate(outs)])
 
 
 class BlockChoice(ChoiceKind):
-    """Block / zero per task for every collapsed block whose input and output shapes match."""
+    """Block / zero per task for every collapsed block whose input and output shapes match, plus the
+    block's kernel variants where it holds them (:func:`~automtl.compiler.blocks.with_kernel_variants`):
+    options ``block``, ``zero``, then ``k5``, ``k7``, ... (each its own bank, shared by its users)."""
 
     name = "block"
 
     def offer(self, node: Node, in_shape: Shape, options: MTLOptions) -> tuple[Option, ...] | None:
         if node.kind != "block" or tuple(in_shape) != tuple(node.shape):
             return None
-        node.attrs["param_copies"] = 1  # one bank, however many tasks use it
-        return (block_option(node.name), ZERO)
+        variant_params = sum(v.params for v in node.attrs.get("variants", {}).values())
+        base = node.attrs["graph"].params
+        # one bank per option that runs (the variants' params relative to the block's, so the count is exact)
+        node.attrs["param_copies"] = 1 if not variant_params else (base + variant_params) / max(base, 1)
+        variants = tuple(Option(v, f"block:{node.name}:{v}") for v in node.attrs.get("variants", {}))
+        return (block_option(node.name), ZERO, *variants)
 
     def param_copies(self, options: tuple[Option, ...], tasks: int) -> float:
-        return 1
+        return sum(o.bank is not None for o in options)
 
     def module(self, node: Node, in_shape: Shape) -> nn.Module:
         return BlockModule(node, in_shape)
 
+    @staticmethod
+    def region(node: Node, option: Option) -> Graph:
+        """The region graph ``option`` runs: the block's own, or its kernel variant's."""
+        return node.attrs["graph"] if option.name == "block" else node.attrs["variants"][option.name]
+
     def cost(self, node: Node, in_shape: Shape, option: Option) -> tuple[int, int]:
         if option.bank is None:
             return 0, 0
+        probe = Node(node.name, "block", list(node.inputs), {"graph": self.region(node, option)})
         kind = get_op("block")
-        return kind.params(node, [in_shape]), kind.flops(node, [in_shape], node.shape)
+        return kind.params(probe, [in_shape]), kind.flops(probe, [in_shape], node.shape)
 
     def is_identity(self, choice: Choice, option: Option) -> bool:
         return option.bank is None
@@ -127,9 +152,12 @@ class BlockChoice(ChoiceKind):
     def derive(self, module: nn.Module, node: Node, option: Option, task: int) -> Derived | None:
         if option.bank is None:
             return None
-        attrs = {k: v for k, v in node.attrs.items() if k not in MTL_ATTRS}
+        attrs = {k: v for k, v in node.attrs.items() if k not in MTL_ATTRS and k != "variants"}
+        attrs["graph"] = self.region(node, option)
         block: Any = module
-        tensors = {k: v.detach().clone() for k, v in block.block.state_dict().items()}
+        picked = block.block if option.name == "block" else block.variants[list(node.attrs["variants"]).index(
+            option.name)]
+        tensors = {k: v.detach().clone() for k, v in picked.state_dict().items()}
         return Derived("block", attrs, tensors)
 
 
@@ -177,14 +205,15 @@ def find_blocks(module: nn.Module) -> list[str]:
 
 def build_blocks(backbone: Any, heads: Mapping[str, nn.Module], *, blocks: Sequence[str] | None = None,
                  input_shape: Any = None, trunk_output: str | None = None, domain_bn: bool = False,
-                 **build_options: Any) -> Any:
+                 kernels: Sequence[int] = (), **build_options: Any) -> Any:
     """The supermodel of ``backbone`` whose blocks are block / zero choices per task.
 
     ``blocks`` names the submodules that are blocks (default: :func:`find_blocks` of an
     ``nn.Module`` backbone); ``trunk_output`` cuts the backbone first (``"layer4"``: the heads
     read that submodule's output). ``domain_bn=True`` gives each domain its own batch norms: inside
     shared blocks (the ``domain_block`` kind, for one input per domain) and, unless ``bn`` is given,
-    outside them too (``bn="specific"``).
+    outside them too (``bn="specific"``). ``kernels=(5, 7)`` adds each block's kernel variants as
+    options (its spatial convolutions at 5x5, 7x7; a MobileNetV3-like space), each its own bank.
     """
     from ..api import compile as compile_backbone
     from .supermodel import _resolve, build
@@ -200,7 +229,7 @@ def build_blocks(backbone: Any, heads: Mapping[str, nn.Module], *, blocks: Seque
         blocks = [b for b in find_blocks(backbone) if any(x == b or x.startswith(b + ".") for x in live)]
         if not blocks:
             raise ValueError(f"blocks: {type(backbone).__name__} has no residual block to search; name its blocks")
-    graph = collapse_blocks(graph, list(blocks))
+    graph = with_kernel_variants(collapse_blocks(graph, list(blocks)), kernels)
     if domain_bn:
         build_options.setdefault("bn", "specific")
     return build(graph, heads, choice="domain_block" if domain_bn else "block", **build_options)
@@ -228,15 +257,17 @@ def find_graph_blocks(graph: Graph) -> list[str]:
     return found
 
 
-def with_blocks(model: Any, blocks: Sequence[str] | None = None, domain_bn: bool = False) -> Any:
+def with_blocks(model: Any, blocks: Sequence[str] | None = None, domain_bn: bool = False,
+                kernels: Sequence[int] = ()) -> Any:
     """The block supermodel of an existing supermodel's backbone and heads (a config's model):
-    its blocks (default :func:`find_graph_blocks`) become block / zero choices."""
+    its blocks (default :func:`find_graph_blocks`) become block / zero choices (and ``kernels``
+    variants, as :func:`build_blocks`)."""
     from .supermodel import build
 
     names = list(blocks) if blocks is not None else find_graph_blocks(model.graph)
     if not names:
         raise ValueError(f"blocks: the backbone {model.graph.name!r} has no residual block to search; name its blocks")
-    graph = collapse_blocks(model.graph, names)
+    graph = with_kernel_variants(collapse_blocks(model.graph, names), kernels)
     return build(graph, dict(model.heads), bn=model.options.bn, choice="domain_block" if domain_bn else "block",
                  batching=model.batching)
 

@@ -96,6 +96,7 @@ class MPNASConfig(TrainConfig):
     final_weighting_kwargs: dict[str, Any] = field(default_factory=dict)
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)  # weights, controller, val
     domain_bn: bool = True  # a config's model: each domain its own batch norms in shared blocks ('domain_block')
+    kernels: list[int] | None = None  # a config's model: each block's kernel variants, e.g. [5, 7] (None: none)
     recalibrate_batches: int = 20  # batch-norm statistics recomputed at the trained weights (0: as trained)
 
     def __post_init__(self) -> None:
@@ -118,6 +119,9 @@ class MPNASConfig(TrainConfig):
         for name, values in allowed.items():
             self._check(name, getattr(self, name) in values, f"one of {values}")
         self._check("split_fractions", len(self.split_fractions) == 3, "three fractions (weights, controller, val)")
+        self._check("kernels", self.kernels is None or isinstance(self.kernels, list | tuple) and all(
+            not isinstance(k, bool) and isinstance(k, int) and k > 0 and k % 2 == 1 for k in self.kernels),
+            "None or a list of odd kernel sizes (e.g. [5, 7]: each block's variants)")
 
 
 def _num(v: Any) -> bool:
@@ -230,7 +234,22 @@ class MPNASSearcher(Loop):
         w = self.warmup_steps
         return 0.0 if step >= w else 1.0 - step / w
 
-    def sample(self) -> torch.Tensor:
+    def _force_on(self, path: torch.Tensor, forced: torch.Tensor) -> None:
+        """TuNAS warm-up, in place: a forced choice runs its block (option 0). Where a block has kernel
+        variants (options 2, 3, ...), a forced zero pick becomes one of the block's options at random
+        and a running pick stays, so the warm-up trains every variant."""
+        counts = torch.tensor([len(c.options) for c in self.model.choices])
+        plain = counts <= 2
+        if bool(plain.all()):
+            path[forced] = 0
+            return
+        path[forced & plain] = 0
+        zero = forced & ~plain & (path == 1)
+        if bool(zero.any()):
+            k = counts.expand_as(path)[zero]
+            draw = (torch.rand(k.shape) * (k - 1)).long()  # one of the k - 1 options that run
+            path[zero] = torch.where(draw == 0, 0, draw + 1)
+
         """One path per domain ``(T, V)`` from the controllers (a shared controller's path for all)."""
         pick = self.controller.sample()
         return pick.expand(len(self.names), -1) if pick.shape[0] == 1 else pick
@@ -241,8 +260,8 @@ class MPNASSearcher(Loop):
         pick = self.controller.sample()
         path = pick.clone()
         p = self.enable_probability(step)
-        if p > 0:  # forced-on blocks (option 0); only while warming up
-            path[torch.rand(path.shape) < p] = 0
+        if p > 0:  # forced-on blocks; only while warming up
+            self._force_on(path, torch.rand(path.shape) < p)
         path = path.expand(T, -1) if path.shape[0] == 1 else path
         gates = self.controller.one_hot(path)
         # the weights: one step along every domain's path on its training batch

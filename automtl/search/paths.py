@@ -119,7 +119,8 @@ def block_paths(model: SuperModel, architecture: Architecture) -> dict[str, list
 
 
 def sharing(model: SuperModel, architecture: Architecture) -> list[dict[str, Any]]:
-    """One row per block: its users, and ``shared`` (several tasks), ``specific`` (one) or ``dropped``."""
+    """One row per block: its users, the option each runs (``block`` or a kernel variant), and ``shared``
+    (one bank run by several tasks), ``specific`` (each user its own) or ``dropped``."""
     paths = block_paths(model, architecture)
     choices = {c.node for c in model.choices}
     rows = []
@@ -127,9 +128,12 @@ def sharing(model: SuperModel, architecture: Architecture) -> list[dict[str, Any
         if node.kind != "block":
             continue
         users = [t for t in model.task_names if node.name in paths[t]]
-        status = "shared" if len(users) > 1 else "specific" if users else "dropped"
+        picked = {t: architecture.branch(node.name, t) if node.name in choices else "block" for t in users}
+        banks = {o: [t for t in users if picked[t] == o] for o in dict.fromkeys(picked.values())}
+        # shared: some weights (the block or one kernel variant) run for several tasks
+        status = "shared" if any(len(u) > 1 for u in banks.values()) else "specific" if users else "dropped"
         rows.append({"block": node.name, "users": users, "status": status, "searched": node.name in choices,
-                     "params": node.params, "flops": node.flops})
+                     "options": picked, "params": node.params, "flops": node.flops})
     return rows
 
 
