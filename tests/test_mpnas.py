@@ -337,16 +337,20 @@ def test_controllers_learn_that_one_domain_is_best_served_by_skipping(determinis
     assert skipped >= 2 and kept >= 2
 
 
-def test_the_derived_multi_domain_model_exports_to_onnx_one_input_and_output_per_domain(tmp_path: Path) -> None:
+def exports_exactly(model: automtl.SuperModel, pick: torch.Tensor, path: Path) -> None:
+    """The multi-domain model derived at ``pick`` (domains a, b; 3x8x8 inputs) exports to ONNX with one input
+    and one output per domain, equal to PyTorch under onnxruntime."""
     from automtl.app.export import check_onnx, export_onnx
 
-    model = _model({"a": 3, "b": 5}).eval()
-    derived = derive(model, model.architecture_from_indices(torch.tensor([[0, 1, 0, 1], [1, 1, 0, 0]])),
-                     multi_domain=True).eval()
-    proto = export_onnx(derived, tmp_path / "m.onnx", [(3, 8, 8), (3, 8, 8)])
+    derived = derive(model, model.architecture_from_indices(pick), multi_domain=True).eval()
+    proto = export_onnx(derived, path, [(3, 8, 8), (3, 8, 8)])
     assert len(proto.graph.input) == 2 and [o.name for o in proto.graph.output] == ["a", "b"]
-    diffs = check_onnx(tmp_path / "m.onnx", derived, [torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)])
+    diffs = check_onnx(path, derived, [torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)])
     assert set(diffs) == {"a", "b"} and max(diffs.values()) < 1e-4
+
+
+def test_the_derived_multi_domain_model_exports_to_onnx_one_input_and_output_per_domain(tmp_path: Path) -> None:
+    exports_exactly(_model({"a": 3, "b": 5}).eval(), torch.tensor([[0, 1, 0, 1], [1, 1, 0, 0]]), tmp_path / "m.onnx")
 
 
 def test_show_draws_the_domain_paths_and_their_jaccard_matrix(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import randomize_norms
-from test_mpnas import _suite_data
+from test_mpnas import _suite_data, exports_exactly
 from torch import nn
 
 import automtl
@@ -149,15 +149,8 @@ def test_a_search_with_variants_runs_end_to_end_and_exports(tmp_path: Path) -> N
 
 
 def test_a_derived_model_with_variants_exports_to_onnx_and_matches(tmp_path: Path) -> None:
-    from automtl.app.export import check_onnx, export_onnx
-
     model = _model(classes={"a": 3, "b": 5}).eval()
-    derived = derive(model, model.architecture_from_indices(torch.tensor([[2, 1, 3, 0], [3, 2, 1, 0]])),
-                     multi_domain=True).eval()
-    proto = export_onnx(derived, tmp_path / "m.onnx", [(3, 8, 8), (3, 8, 8)])
-    assert len(proto.graph.input) == 2 and [o.name for o in proto.graph.output] == ["a", "b"]
-    diffs = check_onnx(tmp_path / "m.onnx", derived, [torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)])
-    assert set(diffs) == {"a", "b"} and max(diffs.values()) < 1e-4
+    exports_exactly(model, torch.tensor([[2, 1, 3, 0], [3, 2, 1, 0]]), tmp_path / "m.onnx")
 
 
 def test_kernel_variants_from_a_config_run_through_the_cli(tmp_path: Path, capsys) -> None:
