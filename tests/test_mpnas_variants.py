@@ -203,3 +203,20 @@ def test_inverted_residual_blocks_vary_their_depthwise_kernel_and_derive_exactly
         want = model(x, architecture=arch)
         got = derive(model, arch).eval().as_dict(x)
     assert all(torch.allclose(got[t], want[t], atol=1e-5) for t in want)
+
+
+def test_relaxed_gates_mix_every_variant_and_the_zero_block() -> None:
+    from automtl.model.blocks import BlockModule
+
+    model = _model(classes={"a": 3, "b": 5}).eval()
+    block = next(m for m in model.trunk.modules() if isinstance(m, BlockModule))
+    x = torch.randn(4, 8, 8, 8)  # two tasks' stacked inputs, 2 each
+    gates = torch.softmax(torch.randn(2, len(model.choices), 4), -1).requires_grad_()
+    y = block(x, gates, shared_input=False)
+    g = gates[:, block.index]
+    runs = [block.block, *block.variants]
+    for t, xt in enumerate(x.chunk(2)):
+        want = sum(g[t, j] * m(xt) for j, m in zip([0, 2, 3], runs, strict=True)) + g[t, 1] * xt
+        assert torch.allclose(y.chunk(2)[t], want, atol=1e-5)
+    y.sum().backward()
+    assert gates.grad is not None and bool((gates.grad[:, block.index] != 0).all())
