@@ -235,6 +235,8 @@ def report(results: list[dict[str, Any]], infos: list[dict[str, Any]], meta: dic
 def merge(paths: list[Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """Several runs' raw results (``--json``, e.g. one process per seed) as one: seeds in order, minutes summed."""
     parts = sorted((json.loads(p.read_text()) for p in paths), key=lambda r: r["meta"]["seeds"][0])
+    for part in parts:
+        part["meta"].setdefault("kernels", [])  # runs from before --kernels offered none
     meta = dict(parts[0]["meta"])
     setting = {k: v for k, v in meta.items() if k not in ("seeds", "minutes")}
     for part in parts[1:]:
