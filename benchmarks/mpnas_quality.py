@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import multiprocessing
 import platform
@@ -222,7 +223,7 @@ def report(results: list[dict[str, Any]], infos: list[dict[str, Any]], meta: dic
               "|---|" + "---|" * (len(blocks) + 1)]
     for d, probs in zip(domains, info["probs"], strict=True):
         picked = info.get("options", {}).get(d, {})
-        cells = [picked.get(b, "block").replace("block", "1").replace("zero", "0") if b in picked else
+        cells = [{"block": "1", "zero": "0"}.get(picked[b], picked[b]) if b in picked else  # a variant: its name
                  "1" if b in info["paths"][d] else "0" for b in info["blocks"]]
         lines.append(f"| {d} | " + " | ".join(cells) + " | " + ", ".join(f"{p:.2f}" for p in probs) + " |")
     lines += ["", f"Jaccard similarity of the domains' block sets (seed {meta['seeds'][0]}):", "",
@@ -280,10 +281,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+@functools.lru_cache(maxsize=1)
+def _suite(size: int, n_train: int, n_val: int) -> DomainSuite:
+    """The suite, made once per process (deterministic: every process makes the same one)."""
+    return domain_suite(size, n_train, n_val, seed=0)
+
+
 def _seed_job(args: argparse.Namespace, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """One seed's results (its own process with ``--jobs``: the suite is made again there, deterministically)."""
     torch.set_num_threads(args.threads)
-    r, info = run_seed(domain_suite(*args.suite, seed=0), args, seed)
+    r, info = run_seed(_suite(*args.suite), args, seed)
     print(f"seed {seed}: " + ", ".join(f"{k} {v['mean']:.3f}" for k, v in r.items()), file=sys.stderr, flush=True)
     return r, info
 

@@ -118,6 +118,7 @@ def test_warmup_forces_a_running_option_and_reaches_every_variant() -> None:
     heads = {t: classification_head(16, n) for t, n in classes.items()}
     model = build_blocks(SmallResNet(8, 2, 1), heads, input_shape=(3, 8, 8), kernels=(5, 7))
     s = MPNASSearcher(model, tasks, data, MPNASConfig(search_steps=4, train_steps=0, batch_size=8, quiet=True))
+    assert s.sample().shape == (len(classes), len(model.choices))  # one path per domain
     torch.manual_seed(1)
     seen = set()
     for _ in range(50):

@@ -240,16 +240,14 @@ class MPNASSearcher(Loop):
         and a running pick stays, so the warm-up trains every variant."""
         counts = torch.tensor([len(c.options) for c in self.model.choices])
         plain = counts <= 2
-        if bool(plain.all()):
-            path[forced] = 0
-            return
         path[forced & plain] = 0
         zero = forced & ~plain & (path == 1)
-        if bool(zero.any()):
+        if bool(zero.any()):  # only with variants: block / zero draws nothing more
             k = counts.expand_as(path)[zero]
             draw = (torch.rand(k.shape) * (k - 1)).long()  # one of the k - 1 options that run
             path[zero] = torch.where(draw == 0, 0, draw + 1)
 
+    def sample(self) -> torch.Tensor:
         """One path per domain ``(T, V)`` from the controllers (a shared controller's path for all)."""
         pick = self.controller.sample()
         return pick.expand(len(self.names), -1) if pick.shape[0] == 1 else pick
