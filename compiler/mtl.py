@@ -134,8 +134,13 @@ def _mtl_infer(node: Node, shapes: list[Shape]) -> Shape:
 
 
 def _mtl_params(node: Node, shapes: list[Shape]) -> int:
-    base = get(node.attrs["base_kind"]).params(node, shapes[:1])
-    return int(round(base * node.attrs["param_copies"]))
+    """A choice node's params as its choice kind counted them (``held_params``: once, per task);
+    a batch norm's: its own times the copies its banks hold."""
+    held = node.attrs.get("held_params")
+    if held is not None:
+        once, per_task = held
+        return once + node.attrs["tasks"] * per_task
+    return get(node.attrs["base_kind"]).params(node, shapes[:1]) * node.attrs["param_copies"]
 
 
 def _mtl_flops(node: Node, shapes: list[Shape], out: Shape) -> int:
@@ -210,8 +215,10 @@ def rewrite(
             new.attrs.update(
                 base_kind=node.kind, index=choice.index, tasks=T, skip=choice.skip, branches=choice.branches,
                 options=opts, choice_kind=kind_name, shared_input=not in_stacked[0],
-                param_copies=new.attrs.get("param_copies", 1 + T + (T if choice.skip == "projection" else 0)),
             )
+            if "held_params" not in new.attrs:
+                raise CompileError(f"choice node {node.name!r}: the chooser must set attrs['held_params'] "
+                                   "(params held once, per task)")
             new.inputs = [node.inputs[0], "gates"]
             is_stacked, follow = True, choice.index
         elif node.kind == "batch_norm":

@@ -67,9 +67,6 @@ class Toy(ChoiceKind):
         same = node.kind == "conv2d" and a["in_channels"] == a["out_channels"] and tuple(in_shape) == node.shape
         return OPTIONS if same else None  # a zero block only where the identity fits
 
-    def param_copies(self, options: tuple[Option, ...], tasks: int) -> float:
-        return 2
-
     def module(self, node: Node, in_shape: tuple[int, ...]) -> nn.Module:
         return ToyBlocks(node, in_shape)
 

@@ -121,15 +121,8 @@ class BlockChoice(ChoiceKind):
     def offer(self, node: Node, in_shape: Shape, options: MTLOptions) -> tuple[Option, ...] | None:
         if node.kind != "block" or tuple(in_shape) != tuple(node.shape):
             return None
-        variant_params = sum(v.params for v in node.attrs.get("variants", {}).values())
-        base = node.attrs["graph"].params
-        # one bank per option that runs (the variants' params relative to the block's, so the count is exact)
-        node.attrs["param_copies"] = 1 if not variant_params else (base + variant_params) / max(base, 1)
         variants = tuple(Option(v, f"block:{node.name}:{v}") for v in node.attrs.get("variants", {}))
         return (block_option(node.name), ZERO, *variants)
-
-    def param_copies(self, options: tuple[Option, ...], tasks: int) -> float:
-        return sum(o.bank is not None for o in options)
 
     def module(self, node: Node, in_shape: Shape) -> nn.Module:
         return BlockModule(node, in_shape)
@@ -173,6 +166,13 @@ class DomainBlockChoice(BlockChoice):
 
     def module(self, node: Node, in_shape: Shape) -> nn.Module:
         return BlockModule(node, in_shape, domain_bn=True)
+
+    def held_params(self, node: Node, in_shape: Shape, options: tuple[Option, ...]) -> tuple[int, int]:
+        """As ``block``, but every bank's batch norms are held once per domain."""
+        once, per_task = super().held_params(node, in_shape, options)
+        regions = {o.bank: self.region(node, o) for o in options if o.bank is not None}
+        norms = sum(n.params for g in regions.values() for n in g if n.kind == "batch_norm")
+        return once - norms, per_task + norms
 
     def derive(self, module: nn.Module, node: Node, option: Option, task: int) -> Derived | None:
         d = super().derive(module, node, option, task)

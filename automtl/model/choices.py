@@ -49,9 +49,23 @@ class ChoiceKind:
         """The options of ``node`` (its first input of shape ``in_shape``), or None to leave it plain."""
         raise NotImplementedError
 
-    def param_copies(self, options: tuple[Option, ...], tasks: int) -> float:
-        """How many copies of the operator's own params the supermodel holds (for the IR's count)."""
-        return sum(1 if o.bank not in ("task", None) else tasks for o in options if o.bank is not None)
+    def held_params(self, node: Node, in_shape: Shape, options: tuple[Option, ...]) -> tuple[int, int]:
+        """The params the supermodel holds for ``node``: (held once, held once per task), from :meth:`cost`.
+
+        Each named bank is held once however many options read it; every ``task`` option is its own
+        per-task copy; an option without a bank holds nothing."""
+        once = per_task = 0
+        seen: set[str] = set()
+        for o in options:
+            if o.bank is None or o.bank in seen:
+                continue
+            params, _ = self.cost(node, in_shape, o)
+            if o.bank == "task":
+                per_task += params
+            else:
+                seen.add(o.bank)
+                once += params
+        return once, per_task
 
     def module(self, node: Node, in_shape: Shape) -> nn.Module:
         """The module computing ``node`` for every task from ``(x, gates, shared_input)``."""
@@ -111,9 +125,6 @@ class Branches(ChoiceKind):
             return (SHARED, SPECIFIC)
         return (SHARED, SPECIFIC, SKIP if form == "identity" else SKIP_PROJECTION)
 
-    def param_copies(self, options: tuple[Option, ...], tasks: int) -> float:
-        return 1 + tasks  # the projection skip's params are added by the module's own count
-
     def module(self, node: Node, in_shape: Shape) -> nn.Module:
         from .mixing import MixedOp
 
@@ -163,7 +174,7 @@ class Branches(ChoiceKind):
 
 # attributes the rewrite adds to a choice node; derive drops them
 MTL_ATTRS = {"base_kind", "index", "tasks", "skip", "branches", "options", "choice_kind", "shared_input",
-             "param_copies", "gate"}
+             "param_copies", "held_params", "gate"}
 
 
 def _projection_params(node: Node) -> int:
@@ -182,6 +193,10 @@ def choose(options: MTLOptions):  # noqa: ANN201 - the rewrite's callback, typed
 
     def offer(node: Node, in_shape: Shape) -> tuple[str, tuple[Option, ...]] | None:
         offered = kind.offer(node, in_shape, options)
-        return None if offered is None else (kind.name, offered)
+        if offered is None:
+            return None
+        probe = Node(node.name, node.kind, list(node.inputs), {**node.attrs, "base_kind": node.kind}, shape=node.shape)
+        node.attrs["held_params"] = kind.held_params(probe, in_shape, offered)  # the IR's exact count
+        return kind.name, offered
 
     return offer
