@@ -11,7 +11,7 @@ from test_mpnas import _suite_data, exports_exactly
 from torch import nn
 
 import automtl
-from automtl.app.block_pictures import block_grid
+from automtl.app.block_pictures import block_grid, block_status
 from automtl.compiler.blocks import kernel_variant, with_kernel_variants
 from automtl.compiler.codegen import node_modules
 from automtl.model.blocks import SmallResNet, build_blocks
@@ -110,6 +110,8 @@ def test_sharing_and_the_paths_picture_count_a_variant_as_its_own_bank() -> None
     blocks, grid = block_grid(arch)
     assert grid[0] == ["shared", "skipped", "specific", "specific"]
     assert grid[1][blocks.index("layers.1")] == "specific" and grid[2][blocks.index("layers.3")] == "shared"
+    # the report's status from the architecture alone agrees with the model's view, block by block
+    assert block_status(arch) == {b: rows[b]["status"] for b in blocks}
 
 
 def test_warmup_forces_a_running_option_and_reaches_every_variant() -> None:

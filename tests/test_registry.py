@@ -37,3 +37,19 @@ def test_the_project_registries_are_registries() -> None:
         register(OpKind("relu", lambda n, s: s[0]))
     with pytest.raises(ValueError, match="search strategy 'automtl' is registered twice"):
         register_strategy(STRATEGIES["automtl"])
+
+
+def test_a_strategy_names_its_runner_and_run_kind_in_its_one_registry_entry() -> None:
+    from automtl.app.run_kinds import RunKind, load_ref, run_kind
+    from automtl.app.rundir import RunError
+    from automtl.app.runs import run_search
+    from automtl.app.slimda import run_slimda
+
+    assert isinstance(run_kind("automtl"), RunKind) and isinstance(run_kind("mpnas"), RunKind)
+    assert run_kind("mpnas") is not run_kind("automtl")
+    assert load_ref(STRATEGIES["automtl"].runner) is run_search and load_ref(STRATEGIES["slimda"].runner) is run_slimda
+    # slimda writes a folder of its own: it has no run kind, and asking names the strategies that have one
+    with pytest.raises(RunError, match="'slimda' does not write an automtl run directory .*: automtl, mpnas"):
+        run_kind("slimda")
+    with pytest.raises(RunError, match="'nope' does not write"):
+        run_kind("nope")

@@ -47,6 +47,14 @@ def block_grid(architecture: Architecture) -> tuple[list[str], list[list[str]]]:
     return blocks, rows
 
 
+def block_status(architecture: Architecture) -> dict[str, str]:
+    """Per searched block: ``shared`` (one bank, the block or a kernel variant, runs for several domains),
+    ``specific`` (each domain running it has its own) or ``dropped`` (no domain runs it)."""
+    blocks, grid = block_grid(architecture)
+    cells = {b: [row[i] for row in grid] for i, b in enumerate(blocks)}
+    return {b: "shared" if "shared" in c else "specific" if "specific" in c else "dropped" for b, c in cells.items()}
+
+
 def block_jaccard(architecture: Architecture) -> list[list[float]]:
     """The Jaccard matrix of the domains' searched block sets (1 for two empty sets)."""
     sets = {t: set(p) for t, p in block_sets(architecture).items()}

@@ -154,22 +154,18 @@ def _distributed(run: Callable[[], int]) -> int:
             _LEFT_GROUP = True
 
 
-#: strategies with a folder of their own; every other one writes a run directory (``runs.run_search``,
-#: which looks the strategy up in :data:`automtl.app.run_kinds.RUN_KINDS`)
-SEARCH_RUNNERS = {"slimda": "automtl.app.slimda:run_slimda"}
-
-
 def _search_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from ..search.strategies import get_strategy
     from .config import load_config
+    from .run_kinds import load_ref
 
     cfg = load_config(args.config)
     out = args.out or str(Path("runs") / Path(args.config).stem)
     if args.stop_after is not None and args.stop_after < 0:
         raise ValueError(f"--stop-after must be >= 0, got {args.stop_after}")
-    module, _, name = SEARCH_RUNNERS.get(cfg.strategy, "automtl.app.runs:run_search").partition(":")
-    runner = getattr(__import__(module, fromlist=[name]), name)
+    runner = load_ref(get_strategy(cfg.strategy).runner)  # the run directory's, or the strategy's own folder
 
     def go() -> int:
         try:

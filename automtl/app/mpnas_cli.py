@@ -89,15 +89,12 @@ def _state(searcher: Any) -> dict[str, Any]:
 
 def _extra(report: dict[str, Any], searched: Any, cfg: RunConfig) -> dict[str, Any]:
     """Each domain's path, the blocks' status, the Jaccard matrix, and the architecture in words."""
-    from .block_pictures import block_grid, block_jaccard, block_sets
+    from .block_pictures import block_grid, block_jaccard, block_sets, block_status
 
     arch = searched.architecture
     tasks = list(arch.tasks)
     blocks, grid = block_grid(arch)
-    status = {}
-    for i, b in enumerate(blocks):  # shared: one bank (the block or a kernel variant) runs for several domains
-        cells = [row[i] for row in grid]
-        status[b] = "shared" if "shared" in cells else "specific" if "specific" in cells else "dropped"
+    status = block_status(arch)
     matrix = block_jaccard(arch)
     jaccard = {a: {b: matrix[i][j] for j, b in enumerate(tasks)} for i, a in enumerate(tasks)}
     runs = sum(s != "skipped" for row in grid for s in row)

@@ -1,5 +1,6 @@
 """How each search strategy runs in a run directory (:mod:`automtl.app.runs`): one :class:`RunKind` per
-strategy in :data:`RUN_KINDS`, looked up by the config's ``search.strategy``.
+strategy, named by its entry in the strategy registry (:attr:`automtl.search.strategies.Strategy.run_kind`)
+and looked up by the config's ``search.strategy``.
 
 Everything else about a run directory (manifest, lock, checkpoints, resume, failure states, the
 report and the pictures) is common to every strategy; a kind says only how the strategy builds its
@@ -10,6 +11,7 @@ weight steps, measures latency and adds its own entries to the report. ``automtl
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +22,7 @@ from ..train.tasks import Task
 from .config import RunConfig
 from .rundir import RunError
 
-__all__ = ["RUN_KINDS", "RunKind", "run_kind"]
+__all__ = ["RunKind", "load_ref", "run_kind"]
 
 
 @dataclass(frozen=True)
@@ -52,19 +54,23 @@ class RunKind:
     markdown: Callable[[Mapping[str, Any]], list[str]] = field(default=lambda report: [])
 
 
-#: the run kind of each strategy that writes a run directory (each imported on first use)
-RUN_KINDS: dict[str, RunKind | Callable[[], RunKind]] = {
-    "automtl": lambda: __import__("automtl.app.runs", fromlist=["AUTOMTL"]).AUTOMTL,
-    "mpnas": lambda: __import__("automtl.app.mpnas_cli", fromlist=["MPNAS_RUN"]).MPNAS_RUN,
-}
+def load_ref(ref: str) -> Any:
+    """The object a ``"package.module:attribute"`` reference names (imported now)."""
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def run_kind(strategy: str) -> RunKind:
-    """The :class:`RunKind` of ``strategy``; ``RunError`` naming the ones that write a run directory."""
-    kind = RUN_KINDS.get(strategy)
-    if kind is None:
+    """The :class:`RunKind` of ``strategy``; ``RunError`` naming the strategies that write a run directory."""
+    from ..search.strategies import STRATEGIES
+
+    entry = STRATEGIES.get(strategy)
+    ref = entry.run_kind if entry is not None else ""
+    if not ref:
+        kinds = ", ".join(name for name, s in STRATEGIES.items() if s.run_kind)
         raise RunError(f"search.strategy {strategy!r} does not write an automtl run directory (those that do: "
-                       f"{', '.join(RUN_KINDS)})")
+                       f"{kinds})")
+    kind = load_ref(ref)
     if not isinstance(kind, RunKind):
-        kind = RUN_KINDS[strategy] = kind()
+        raise TypeError(f"strategy {strategy!r}: run_kind {ref!r} is a {type(kind).__name__}, not a RunKind")
     return kind

@@ -28,10 +28,10 @@ leaves status ``failed`` and the reason, and ``--resume`` goes on from the last 
 run whose search finished but whose report failed is completed by ``automtl report RUN`` (or
 ``--resume``) without searching again.
 
-Each search strategy that writes a run directory has a :class:`RunKind` in :data:`RUN_KINDS`
-(looked up by the config's ``search.strategy``): how it builds its data and model, makes or
-resumes its searcher, trains a baseline, counts the searched model's weight steps, measures
-latency and adds its own entries to the report. ``automtl`` (this module) and ``mpnas``
+Each search strategy that writes a run directory has a :class:`RunKind`, named by its entry in the
+strategy registry (``Strategy.run_kind``, looked up by the config's ``search.strategy``): how it
+builds its data and model, makes or resumes its searcher, trains a baseline, counts the searched
+model's weight steps, measures latency and adds its own entries to the report. ``automtl`` (this module) and ``mpnas``
 (:mod:`automtl.app.mpnas_cli`) share everything else: the manifest, the lock, checkpoints,
 resume, failure states, the report and the pictures.
 """
@@ -67,11 +67,11 @@ from .records import (
     report_table,
     write_csv,
 )
-from .run_kinds import RUN_KINDS, RunKind, run_kind
+from .run_kinds import RunKind, run_kind
 from .run_life import claim, guard_checkpoints, on_first_process, one_line_error, record_failure
 from .rundir import CHECKPOINT, FORMAT, LOCK, META, VERSION, NotWritable, RunDir, RunError
 
-__all__ = ["CHECKPOINT", "FORMAT", "LOCK", "META", "RUN_KINDS", "VERSION", "MetricsWriter", "Row", "RunDir",
+__all__ = ["CHECKPOINT", "FORMAT", "LOCK", "META", "VERSION", "MetricsWriter", "Row", "RunDir",
            "RunError", "RunKind", "Searched", "complete_report", "delta_mtl", "derive_run", "flatten", "format_table",
            "load_report", "measure_latency", "report_markdown", "report_table", "run_kind", "run_search"]
 
