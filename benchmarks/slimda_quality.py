@@ -267,7 +267,7 @@ def pareto_picture(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     quick = os.environ.get("AUTOMTL_BENCH_QUICK") == "1"
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0] if quick else [0, 1, 2])
@@ -290,7 +290,7 @@ def main() -> None:
     p.add_argument("--out", default=None, help="write the table here (markdown) and the raw results beside it")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="no training: merge the raw results of runs (one per seed, run in parallel) into one table")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.merge:
         parts = [json.loads(Path(f).read_text()) for f in args.merge]

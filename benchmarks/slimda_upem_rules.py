@@ -89,11 +89,11 @@ def study(seed: int, args: argparse.Namespace) -> dict[str, dict[str, object]]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[10, 11, 12, 13, 14])
     p.add_argument("--steps", type=int, default=600, help="training steps per bank (20: a smoke run)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     args.pair, args.channels, args.model_batch, args.batch = "digits", [16, 32, 32, 64], 4, 64
     args.widths, args.lr, args.candidates, args.source = [0.125, 0.25, 0.5, 0.75, 1.0], 2e-3, 12, 3000
     torch.set_num_threads(1)
