@@ -110,3 +110,16 @@ def test_derive_waits_for_the_lock_and_a_failed_claim_leaves_nothing(tmp_path, c
     assert main(["derive", str(out), "--budget", "0.0001"]) == 2
     assert "the smallest network" in capsys.readouterr().err
     assert DirLock.holder(out / "automtl-run.lock") is None and not list((out / "derived").glob("slim-*"))
+
+
+def test_quiet_draws_no_bar_and_the_other_commands_say_how_a_slimda_run_is_derived(tmp_path, capsys) -> None:  # noqa: ANN001
+    out = tmp_path / "run"
+    assert main(["search", _config(tmp_path), "--out", str(out), "--quiet"]) == 0
+    said = capsys.readouterr()
+    assert "it/s" not in said.err and "%|" not in said.err  # --quiet: no progress bar
+    before = sorted(p.name for p in out.iterdir())
+    for command in (["report", str(out)], ["show", str(out)], ["export", str(out), "--onnx"], ["derive", str(out)]):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "a SlimDA run" in err[0] and f"automtl derive {out} --budget B" in err[0], command
+    assert sorted(p.name for p in out.iterdir()) == before  # nothing written

@@ -112,6 +112,10 @@ class RunDir:
         """The run's file ``name``, checked against its recorded hash; ``RunError`` with ``hint`` when missing."""
         file = self / name
         if not file.exists():
+            if name != "slimda.pt" and (self / "slimda.pt").is_file():  # the one strategy with a folder of its own
+                raise RunError(f"{self.path}: a SlimDA run (a bank of widths, slimda.pt) has no {name}; "
+                               f"`automtl derive {self.path} --budget B` writes its network for a budget B "
+                               "(.pt, .onnx and a .json report)")
             raise RunError(f"{self.path}: no {name}; {hint}")
         return self.verified(name)
 

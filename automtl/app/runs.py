@@ -369,6 +369,8 @@ def load_history(run: RunDir) -> dict[str, list[dict[str, Any]]] | None:
 def searcher_for(run: RunDir, quiet: bool = True) -> Searcher:
     """A searcher over the run's data holding its searched supermodel (weights and logits)."""
     cfg = run.config()
+    if cfg.strategy == "slimda":
+        run.require("architecture.json", "")  # says what a SlimDA run is derived with
     if cfg.strategy != "automtl":
         raise RunError(f"{run.path}: a {cfg.strategy} run; `automtl derive` re-derives an automtl search's policy "
                        f"(this run's architecture is {run / 'architecture.json'}, its model {run / 'model.pt'})")

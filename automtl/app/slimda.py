@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ def run_slimda(cfg: RunConfig, out: str | os.PathLike[str], *, resume: bool = Fa
                                       trunk_output=b.trunk_output, task=name)
     checkpoint = on_first_process(lambda: claim(run, cfg, "search", resume), rank, world)["checkpoint"]
     try:
-        searcher = SlimDASearcher(model, {name: task}, data, search)
+        searcher = SlimDASearcher(model, {name: task}, data, replace(search, quiet=search.quiet or quiet or rank != 0))
         if checkpoint is not None:
             searcher.load_state_dict(load(checkpoint))
             if not quiet:
