@@ -194,11 +194,14 @@ def _block_flops(node: Node, shapes: list[Shape], out: Shape) -> int:
 
 class DomainBlocks(nn.Module):
     """One block for several domains: the convolutions (every weight but batch norms') shared, each
-    domain its own batch norms. ``forward(x, domain)`` runs domain ``domain``'s copy."""
+    domain its own batch norms. ``domains`` is how many (every domain has a copy) or which domain
+    indices have one (a derived block keeps the domains that run it). ``forward(x, domain)`` runs
+    domain ``domain``'s copy."""
 
-    def __init__(self, graph: Graph, domains: int) -> None:
+    def __init__(self, graph: Graph, domains: int | Sequence[int]) -> None:
         super().__init__()
-        self.copies = nn.ModuleList(codegen(graph, build_module, class_name="Block") for _ in range(domains))
+        self.domains = list(range(domains)) if isinstance(domains, int) else [int(d) for d in domains]
+        self.copies = nn.ModuleList(codegen(graph, build_module, class_name="Block") for _ in self.domains)
         first = dict(self.copies[0].named_modules())
         for copy_ in list(self.copies)[1:]:
             for name, m in copy_.named_modules():
@@ -208,7 +211,7 @@ class DomainBlocks(nn.Module):
                     setattr(m, pname, p)  # the same Parameter: one set of weights
 
     def forward(self, x: torch.Tensor, domain: int) -> torch.Tensor:
-        return self.copies[domain](x)
+        return self.copies[self.domains.index(domain)](x)
 
 
 def _block_module(node: Node, shapes: list[Shape]) -> nn.Module:

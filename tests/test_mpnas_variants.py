@@ -92,8 +92,6 @@ def test_variant_paths_derive_equal_to_fixed_mode_and_share_a_variant_only_with_
                for n in derived.graph if n.kind == "block"}
     assert kernels["layers.0[a]"] == {(5, 5)} and kernels["layers.1[c]"] == {(7, 7)}
     assert kernels["layers.3[a]"] == {(3, 3)}
-    if domain_bn:  # the derived blocks hold every domain's batch norms, which a path's own cost does not count
-        return
     for kind in ("params", "flops"):
         report = derived.report()["per_task"]
         assert PathCost(model, kind)(pick).tolist() == [report[t][kind] for t in ("a", "b", "c")]
@@ -223,3 +221,21 @@ def test_relaxed_gates_mix_every_variant_and_the_zero_block() -> None:
         assert torch.allclose(y.chunk(2)[t], want, atol=1e-5)
     y.sum().backward()
     assert gates.grad is not None and bool((gates.grad[:, block.index] != 0).all())
+
+
+def test_a_derived_domain_block_holds_the_batch_norms_of_its_users_exports_and_loads_back(tmp_path: Path) -> None:
+    from automtl.compiler.blocks import DomainBlocks
+    from automtl.model.derive import MultiTaskModel
+
+    model = _model(kernels=(), domain_bn=True, classes={"a": 3, "b": 5}).eval()
+    pick = torch.tensor([[0, 1, 0, 1], [1, 1, 0, 0]])  # layers.0: a's alone; layers.3: both; layers.4: b's alone
+    derived = derive(model, model.architecture_from_indices(pick), multi_domain=True).eval()
+    held = sorted(m.domains for m in derived.net.modules() if isinstance(m, DomainBlocks))
+    assert held == [[0], [0, 1], [1]]
+    report = derived.report()
+    assert [report["per_task"][t]["params"] for t in ("a", "b")] == PathCost(model, "params")(pick).tolist()
+    exports_exactly(model, pick, tmp_path / "m.onnx")
+    derived.save(tmp_path / "model.pt")
+    again = MultiTaskModel.load(tmp_path / "model.pt").eval()
+    xs = [torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)]
+    assert all(torch.equal(x, y) for x, y in zip(derived(*xs), again(*xs), strict=True))

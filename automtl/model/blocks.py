@@ -159,8 +159,8 @@ class DomainBlockChoice(BlockChoice):
     (the convolutions are one bank). For multi-domain inputs (one input per domain), where the
     domains' feature statistics differ: multi-domain networks usually keep domain-specific batch
     norms. The derived model holds one :class:`~automtl.compiler.blocks.DomainBlocks` per block
-    used, called with the domain's index; a path's cost counts its own batch norms, the derived
-    model holds one set per domain (a few hundred parameters per block)."""
+    used, called with the domain's index, holding the batch norms of the domains that run it (so a
+    domain's path costs what :class:`~automtl.search.paths.PathCost` counts)."""
 
     name = "domain_block"
 
@@ -175,10 +175,18 @@ class DomainBlockChoice(BlockChoice):
         return once - norms, per_task + norms
 
     def derive(self, module: nn.Module, node: Node, option: Option, task: int) -> Derived | None:
+        """The block with the batch norms of the domains that run it (``bank_users``), called with ``task``."""
         d = super().derive(module, node, option, task)
-        if d is not None:
-            d.attrs.update(domain=task, domains=node.attrs["tasks"])
-        return d
+        if d is None:
+            return None
+        users = list(node.attrs.get("bank_users") or range(node.attrs["tasks"]))
+        kept = {}
+        for key, value in d.tensors.items():  # "copies.<domain>.<name>": renumbered over the users
+            _, domain, rest = key.split(".", 2)
+            if int(domain) in users:
+                kept[f"copies.{users.index(int(domain))}.{rest}"] = value
+        d.attrs.update(domain=task, domains=users)
+        return Derived(d.kind, d.attrs, kept)
 
 
 for _kind in (BlockChoice(), DomainBlockChoice()):

@@ -80,7 +80,10 @@ class ChoiceKind:
         return False
 
     def derive(self, module: nn.Module, node: Node, option: Option, task: int) -> Derived | None:
-        """The plain operator ``option`` becomes for ``task``; None for an identity."""
+        """The plain operator ``option`` becomes for ``task``; None for an identity.
+
+        ``node.attrs["bank_users"]`` lists the tasks whose picks read the option's bank (one derived
+        module serves them all)."""
         raise NotImplementedError
 
 
@@ -174,7 +177,7 @@ class Branches(ChoiceKind):
 
 # attributes the rewrite adds to a choice node; derive drops them
 MTL_ATTRS = {"base_kind", "index", "tasks", "skip", "branches", "options", "choice_kind", "shared_input",
-             "param_copies", "held_params", "gate"}
+             "param_copies", "held_params", "bank_users", "gate"}
 
 
 def _projection_params(node: Node) -> int:

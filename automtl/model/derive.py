@@ -13,6 +13,7 @@ import copy
 import os
 import warnings
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from ..compiler.blocks import DomainBlocks
 from ..compiler.codegen import build_module, codegen, node_modules
 from ..compiler.ir import Graph, Node
 from ..compiler.mtl import Choice
@@ -67,7 +69,7 @@ class MultiTaskModel(nn.Module):
         for i, task in enumerate(self.task_names):
             nodes = self._ancestors(self.graph.outputs[i])
             per_task[task] = {
-                "params": _unique_params([modules[n] for n in nodes if n in modules]),
+                "params": _unique_params([self._runs(modules[n], n) for n in nodes if n in modules]),
                 "flops": sum(self.graph[n].flops for n in nodes),
             }
         users: dict[str, list[str]] = {}
@@ -87,6 +89,13 @@ class MultiTaskModel(nn.Module):
             "sharing": users,
             "shared_fraction": self.architecture.shared_fraction(),
         }
+
+    def _runs(self, module: nn.Module, name: str) -> nn.Module:
+        """What node ``name`` runs of ``module``: a domain block's copy for its domain (the batch norms of
+        the block's other domains are theirs), else the module."""
+        if isinstance(module, DomainBlocks):
+            return module.copies[module.domains.index(self.graph[name].attrs["domain"])]
+        return module
 
     def _ancestors(self, name: str) -> list[str]:
         import networkx as nx
@@ -189,6 +198,12 @@ def derive(model: SuperModel, architecture: Architecture, multi_domain: bool = F
                 emitted[key] = ""
                 plan.append((key, node, _branch_of(described[key], node), t))
 
+    bank_users: dict[tuple[str, Any], list[int]] = defaultdict(list)  # (choice node, bank key) -> tasks reading it
+    for c in model.choices:
+        for u, task in enumerate(tasks):
+            o = c.option(architecture.branch(c.node, task))
+            if o.bank is not None:
+                bank_users[(c.node, o.bank_key(u))].append(u)
     counts: dict[str, int] = defaultdict(int)
     opaque_modules: dict[str, nn.Module] = {}
     for _key, source, _branch, _task in plan:
@@ -199,7 +214,7 @@ def derive(model: SuperModel, architecture: Architecture, multi_domain: bool = F
         if node.kind == "input":
             name = node.name if not multi_domain else f"{node.name}_{tasks[t]}"
         ins = [emitted[k] for k in _input_keys(described[key], node)]
-        new = _derived_node(node, branch, t, name, ins, mods, task_list, choice_of.get(node.name))
+        new = _derived_node(node, branch, t, name, ins, mods, task_list, choice_of.get(node.name), bank_users)
         if new.kind == "opaque" and node.name in mods:  # copies on diverged values share the one module
             new.attrs["target"] = opaque_modules.setdefault(node.name, new.attrs["target"])
         out.add(new)
@@ -231,15 +246,19 @@ def _input_keys(key: Any, node: Node) -> list[Any]:
 
 
 def _derived_node(node: Node, branch: str, t: int, name: str, inputs: list[str], mods: dict[str, nn.Module],
-                  task_list: list[str], choice: Choice | None) -> Node:
-    """The plain operator computing one value, with the weights of its branch copied in."""
+                  task_list: list[str], choice: Choice | None,
+                  bank_users: Mapping[tuple[str, Any], list[int]]) -> Node:
+    """The plain operator computing one value, with the weights of its branch copied in (a choice kind's
+    ``derive`` sees, in ``node.attrs["bank_users"]``, the tasks whose picks read the same bank)."""
     attrs = {k: v for k, v in node.attrs.items()}
     info = {"source": node.name, "tasks": list(task_list), "branch": branch}
     if node.kind == "input":
         return Node(name, "input", [], {"shape": node.attrs["shape"]}, node.source)
     if choice is not None:
         opt = choice.option(branch)
-        d = get_choice_kind(choice.choice_kind).derive(mods[node.name], node, opt, t)
+        seen = Node(node.name, node.kind, list(node.inputs), {**attrs, "bank_users": bank_users[(node.name,
+                    opt.bank_key(t))]}, node.source, shape=node.shape)
+        d = get_choice_kind(choice.choice_kind).derive(mods[node.name], seen, opt, t)
         assert d is not None, "identity options are passed through, never emitted"
         info["weights"] = (node.name, opt.name, opt.bank_key(t))
         return Node(name, d.kind, inputs, {**d.attrs, "derived": info}, node.source, d.tensors)
