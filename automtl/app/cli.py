@@ -363,7 +363,8 @@ COMMANDS: dict[str, Command] = {
         "report, pictures). Under torchrun the search is data-parallel.",
     ),
     "derive": Command(
-        help="derive an architecture again from a run's searched policy (argmax, or the best of K samples)",
+        help="derive an architecture again from a run's searched policy (argmax, or the best of K samples); "
+             "a SlimDA run's network for a budget (--budget B)",
         add_arguments=_derive_arguments,
         run=_derive_run,
         description="Derive from the searched supermodel of RUN: the argmax of the policy, or with --sample K "
