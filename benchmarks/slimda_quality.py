@@ -107,7 +107,7 @@ def correct(s: SlimDASearcher, widths: dict[str, float], loader: str = "test") -
     return torch.cat(out)
 
 
-def _halves(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def halves(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed random split of ``n`` test samples into two halves (for held-out oracles and split-half checks)."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(1000 + seed))
     return order[: n // 2], order[n // 2 :]
@@ -126,7 +126,7 @@ def evaluate_bank(s: SlimDASearcher, args: argparse.Namespace, seed: int) -> dic
         found = s.search_budget(b, args.candidates, seed)
         right = [correct(s, c["widths"]) for c in found["candidates"]]
         n = len(right[0])
-        ha, hb = _halves(n, seed)
+        ha, hb = halves(n, seed)
         picked = next(i for i, c in enumerate(found["candidates"]) if c["widths"] == found["widths"])
         acc = [float(r.float().mean()) for r in right]
         held = []
@@ -140,7 +140,7 @@ def evaluate_bank(s: SlimDASearcher, args: argparse.Namespace, seed: int) -> dic
             all_right = torch.cat([correct(s, c["widths"], "target_eval"), r])  # every target image, labels read here
             scored[(round(c["upem"], 12), round(c["flops_ratio"], 12))] = (
                 c["upem"], r, all_right, c["flops_ratio"])
-    ha, hb = _halves(len(next(iter(scored.values()))[1]), seed)
+    ha, hb = halves(len(next(iter(scored.values()))[1]), seed)
     rows = list(scored.values())
     out["pairs"] = [(u, float(r.float().mean()), f) for u, r, _, f in rows]
     acc = [float(r.float().mean()) for _, r, _, _ in rows]

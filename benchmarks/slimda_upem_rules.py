@@ -32,7 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import slimda_quality as quality  # noqa: E402
 
-from automtl.search.slimda_budget import _logits  # noqa: E402
 from automtl.search.slimda_losses import spearman, upem  # noqa: E402
 
 Rule = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], float]  # (candidate probs, largest, ensemble)
@@ -60,11 +59,10 @@ def study(seed: int, args: argparse.Namespace) -> dict[str, dict[str, object]]:
     """One bank: per rule, the per-budget gaps to both oracles and the Spearman over its candidates."""
     s = quality.make("slimda", seed, args, quality.PAIRS["digits"][0](args.source, seed))
     s.run()
-    images = s.calibration_images()
     per_budget = {}
     for b in quality.BUDGETS:
         found = s.search_budget(b, args.candidates, seed)
-        per_budget[b] = [(c, F.softmax(_logits(s.model, c["widths"], images), -1), quality.correct(s, c["widths"]))
+        per_budget[b] = [(c, F.softmax(s.target_logits(c["widths"]), -1), quality.correct(s, c["widths"]))
                          for c in found["candidates"]]
     everyone = [p for rows in per_budget.values() for _, p, _ in rows]
     largest, ensemble = per_budget[1.0][0][1], torch.stack(everyone).mean(0)
@@ -76,7 +74,7 @@ def study(seed: int, args: argparse.Namespace) -> dict[str, dict[str, object]]:
             acc = [float(r.float().mean()) for _, _, r in rows]
             pick = min(range(len(rows)), key=lambda i: (score[i], -rows[i][0]["flops"]))
             gaps[b] = acc[pick] - max(acc)
-            ha, hb = quality._halves(len(rows[0][2]), seed)
+            ha, hb = quality.halves(len(rows[0][2]), seed)
             both = []
             for on, judge in ((ha, hb), (hb, ha)):
                 best = max(range(len(rows)), key=lambda i: float(rows[i][2][on].float().mean()))
