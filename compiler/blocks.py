@@ -213,6 +213,16 @@ class DomainBlocks(nn.Module):
     def forward(self, x: torch.Tensor, domain: int) -> torch.Tensor:
         return self.copies[self.domains.index(domain)](x)
 
+    @staticmethod
+    def keep(state: dict[str, torch.Tensor], domains: Sequence[int]) -> dict[str, torch.Tensor]:
+        """The part of a state dict of every domain's copies that ``DomainBlocks(graph, domains)`` loads."""
+        kept = {}
+        for key, value in state.items():  # "copies.<position>.<name>", renumbered over ``domains``
+            _, position, rest = key.split(".", 2)
+            if int(position) in domains:
+                kept[f"copies.{list(domains).index(int(position))}.{rest}"] = value
+        return kept
+
 
 def _block_module(node: Node, shapes: list[Shape]) -> nn.Module:
     """The block's region as one module (:class:`DomainBlocks` when it has per-domain batch norms);

@@ -113,11 +113,16 @@ class RunDir:
         file = self / name
         if not file.exists():
             if name != "slimda.pt" and (self / "slimda.pt").is_file():  # the one strategy with a folder of its own
-                raise RunError(f"{self.path}: a SlimDA run (a bank of widths, slimda.pt) has no {name}; "
-                               f"`automtl derive {self.path} --budget B` writes its network for a budget B "
-                               "(.pt, .onnx and a .json report)")
+                raise RunError(self.slimda_line(name))
             raise RunError(f"{self.path}: no {name}; {hint}")
         return self.verified(name)
+
+    def slimda_line(self, missing: str) -> str:
+        """What a SlimDA run (a bank of widths, no architecture or model of its own) says to a command
+        that wants ``missing``: derive it with ``--budget``."""
+        return (f"{self.path}: a SlimDA run (a bank of widths, slimda.pt) has no {missing}; "
+                f"`automtl derive {self.path} --budget B` writes its network for a budget B "
+                "(.pt, .onnx and a .json report)")
 
     def damaged(self, name: str) -> str | None:
         """Why the file ``name`` is not the one the run recorded (``None``: it is, or nothing is recorded)."""

@@ -31,9 +31,9 @@ run whose search finished but whose report failed is completed by ``automtl repo
 Each search strategy that writes a run directory has a :class:`RunKind`, named by its entry in the
 strategy registry (``Strategy.run_kind``, looked up by the config's ``search.strategy``): how it
 builds its data and model, makes or resumes its searcher, trains a baseline, counts the searched
-model's weight steps, measures latency and adds its own entries to the report. ``automtl`` (this module) and ``mpnas``
-(:mod:`automtl.app.mpnas_cli`) share everything else: the manifest, the lock, checkpoints,
-resume, failure states, the report and the pictures.
+model's weight steps, measures latency and adds its own entries to the report. ``automtl`` (this
+module) and ``mpnas`` (:mod:`automtl.app.mpnas_cli`) share everything else: the manifest, the
+lock, checkpoints, resume, failure states, the report and the pictures.
 """
 
 from __future__ import annotations
@@ -370,7 +370,7 @@ def searcher_for(run: RunDir, quiet: bool = True) -> Searcher:
     """A searcher over the run's data holding its searched supermodel (weights and logits)."""
     cfg = run.config()
     if cfg.strategy == "slimda":
-        run.require("architecture.json", "")  # says what a SlimDA run is derived with
+        raise RunError(run.slimda_line("architecture.json"))
     if cfg.strategy != "automtl":
         raise RunError(f"{run.path}: a {cfg.strategy} run; `automtl derive` re-derives an automtl search's policy "
                        f"(this run's architecture is {run / 'architecture.json'}, its model {run / 'model.pt'})")

@@ -180,13 +180,8 @@ class DomainBlockChoice(BlockChoice):
         if d is None:
             return None
         users = list(node.attrs.get("bank_users") or range(node.attrs["tasks"]))
-        kept = {}
-        for key, value in d.tensors.items():  # "copies.<domain>.<name>": renumbered over the users
-            _, domain, rest = key.split(".", 2)
-            if int(domain) in users:
-                kept[f"copies.{users.index(int(domain))}.{rest}"] = value
         d.attrs.update(domain=task, domains=users)
-        return Derived(d.kind, d.attrs, kept)
+        return Derived(d.kind, d.attrs, DomainBlocks.keep(d.tensors, users))
 
 
 for _kind in (BlockChoice(), DomainBlockChoice()):
